@@ -1,0 +1,44 @@
+# Start/stop a private PostgreSQL cluster of the embedded wheel; sourced by the other scripts.
+#   pg_up DATADIR     -> initdb if needed, start on 127.0.0.1 at a free port, export PG* vars
+#   pg_down DATADIR   -> fast shutdown
+# As root the server runs as $NUDGE_PG_USER (Postgres refuses to run as root).
+: "${NUDGE_VENV:=/opt/nudge/venv}"
+: "${NUDGE_PG_USER:=postgres}"
+
+pg_bindir() { dirname "$(nudge_pg_config)"; }
+
+as_pg_user() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$NUDGE_PG_USER" -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+pg_up() {
+  local datadir="$1" bindir port
+  bindir="$(pg_bindir)"
+  mkdir -p "$datadir"
+  if [ "$(id -u)" -eq 0 ]; then chown "$NUDGE_PG_USER" "$datadir"; fi
+  chmod 700 "$datadir"
+  if [ ! -f "$datadir/PG_VERSION" ]; then
+    as_pg_user "$bindir/initdb" -D "$datadir" -U postgres --auth=trust --encoding=UTF8 --locale=C >"$datadir.initdb.log" 2>&1 \
+      || { cat "$datadir.initdb.log"; return 1; }
+  fi
+  if [ -f "$datadir/postmaster.pid" ] && as_pg_user "$bindir/pg_ctl" -D "$datadir" status >/dev/null 2>&1; then
+    port="$(sed -n 4p "$datadir/postmaster.pid")"
+  else
+    port="${NUDGE_PG_PORT:-$(free_port)}"
+    as_pg_user "$bindir/pg_ctl" -D "$datadir" -l "$datadir/server.log" -w -t 60 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$datadir -c max_connections=50" start >/dev/null \
+      || { cat "$datadir/server.log"; return 1; }
+  fi
+  export PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres
+  export PATH="$bindir:$PATH"
+}
+
+pg_down() {
+  local datadir="$1"
+  [ -f "$datadir/postmaster.pid" ] || return 0
+  as_pg_user "$(pg_bindir)/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+}

@@ -1,0 +1,76 @@
+-- nudge catalog: one row per fit, and the original vectors of every row a fit overwrote.
+--
+-- Functions run with the caller's rights, so callers write these tables themselves.
+-- Row-level security keeps one role from reading (or restoring) vectors of a table it
+-- cannot SELECT: a backup row is visible only to roles with SELECT on its corpus.
+-- Both tables are dumped by pg_dump (pg_extension_config_dump), so fits survive
+-- dump/restore and can still be reverted.
+
+CREATE SCHEMA nudge;
+GRANT USAGE ON SCHEMA nudge TO PUBLIC;
+
+CREATE TABLE nudge.fits (
+    fit_id              bigserial PRIMARY KEY,
+    corpus              regclass    NOT NULL,
+    id_column           text        NOT NULL,
+    embedding           text        NOT NULL,
+    embedding_type      text        NOT NULL,
+    target              text,
+    queries             regclass    NOT NULL,
+    qrels               regclass    NOT NULL,
+    validation_queries  regclass,
+    validation_qrels    regclass,
+    validation_fraction float8,
+    seed                int,
+    method              text        NOT NULL,
+    metric              text,
+    gamma_search        text        NOT NULL,
+    negative_rule       text        NOT NULL,
+    gamma               float8      NOT NULL,
+    train_queries       int         NOT NULL,
+    validation_query_count int      NOT NULL,
+    records_moving      bigint      NOT NULL,
+    records_changed     bigint      NOT NULL,
+    rows_written        bigint      NOT NULL,
+    validation_before   float8,
+    validation_after    float8,
+    curve               jsonb,
+    seconds             float8      NOT NULL,
+    status              text        NOT NULL
+                        CHECK (status IN ('applied', 'dry_run', 'reverted')),
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          name        NOT NULL DEFAULT current_user,
+    reverted_at         timestamptz
+);
+COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
+
+CREATE TABLE nudge.fit_backups (
+    fit_id   bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    corpus   regclass NOT NULL,
+    row_id   text     NOT NULL,
+    original float8[] NOT NULL,
+    PRIMARY KEY (fit_id, row_id)
+);
+COMMENT ON TABLE nudge.fit_backups IS 'Vectors as they were before an in-place fit wrote them; nudge_revert restores them';
+
+GRANT SELECT, INSERT ON nudge.fits TO PUBLIC;
+GRANT UPDATE (status, reverted_at) ON nudge.fits TO PUBLIC;  -- nudge_revert
+GRANT USAGE, SELECT ON SEQUENCE nudge.fits_fit_id_seq TO PUBLIC;
+GRANT SELECT, INSERT ON nudge.fit_backups TO PUBLIC;
+
+ALTER TABLE nudge.fit_backups ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT
+    USING (pg_catalog.has_table_privilege(corpus, 'SELECT'));
+CREATE POLICY fit_backups_write ON nudge.fit_backups FOR INSERT
+    WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE'));
+
+ALTER TABLE nudge.fits ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fits_read ON nudge.fits FOR SELECT USING (true);
+CREATE POLICY fits_insert ON nudge.fits FOR INSERT
+    WITH CHECK (created_by = current_user AND pg_catalog.has_table_privilege(corpus, 'SELECT'));
+CREATE POLICY fits_revert ON nudge.fits FOR UPDATE
+    USING (pg_catalog.has_table_privilege(corpus, 'UPDATE'));
+
+SELECT pg_catalog.pg_extension_config_dump('nudge.fits', '');
+SELECT pg_catalog.pg_extension_config_dump('nudge.fits_fit_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('nudge.fit_backups', '');

@@ -1,0 +1,113 @@
+//! How the core's work runs inside a backend: a private worker pool whose threads block
+//! every signal (Postgres delivers signals to the backend's main thread only), interrupt
+//! checks and progress NOTICEs, both called back on the main thread between batches.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use pgrx::prelude::*;
+
+use crate::guc;
+
+thread_local! {
+    static POOL: RefCell<Option<(usize, Rc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
+}
+
+/// The worker pool for `nudge.threads` (built once per backend and size).
+pub fn pool() -> Rc<rayon::ThreadPool> {
+    let wanted = match guc::THREADS.get() {
+        n if n > 0 => n as usize,
+        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    POOL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Some((n, pool)) = slot.as_ref() {
+            if *n == wanted {
+                return pool.clone();
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(wanted)
+            .thread_name(|i| format!("nudge-worker-{i}"))
+            .start_handler(|_| block_all_signals())
+            .build()
+            .unwrap_or_else(|e| {
+                crate::error::raise(
+                    pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                    format!("nudge: could not start {wanted} worker threads: {e}"),
+                )
+            });
+        let pool = Rc::new(pool);
+        *slot = Some((wanted, pool.clone()));
+        pool
+    })
+}
+
+fn block_all_signals() {
+    // SAFETY: plain libc calls on a local signal set, on the worker thread itself.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Honour a pending cancel / statement_timeout / terminate: raises the usual ERROR.
+pub fn check_interrupts() -> nudge_core::Result<()> {
+    pg_sys::check_for_interrupts!();
+    Ok(())
+}
+
+/// Progress NOTICEs: one when a phase starts, then at most one per `nudge.progress_interval`.
+pub struct Reporter {
+    what: &'static str,
+    start: Instant,
+    last: Instant,
+    phase: String,
+    enabled: bool,
+}
+
+impl Reporter {
+    pub fn new(what: &'static str) -> Self {
+        let now = Instant::now();
+        Reporter { what, start: now, last: now, phase: String::new(), enabled: guc::PROGRESS.get() }
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    pub fn report(&mut self, phase: &str, done: u64, total: Option<u64>) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let new_phase = phase != self.phase;
+        if !new_phase && now.duration_since(self.last).as_secs_f64() < guc::PROGRESS_INTERVAL.get() {
+            return;
+        }
+        self.last = now;
+        if new_phase {
+            self.phase = phase.to_string();
+        }
+        let elapsed = self.elapsed();
+        let amount = match total {
+            Some(t) if t > 0 => {
+                let pct = (done as f64 / t as f64 * 100.0).min(100.0);
+                format!("{done} of {t} ({pct:.0}%)")
+            }
+            _ => format!("{done}"),
+        };
+        notice!("{}: {phase}: {amount}, {elapsed:.1} s", self.what);
+    }
+}
+
+/// Run `f` with hooks wired to this backend: the worker pool, interrupt checks and progress.
+pub fn with_hooks<R>(reporter: &mut Reporter, f: impl FnOnce(&mut nudge_core::Hooks<'_>) -> R) -> R {
+    let pool = pool();
+    let mut check = check_interrupts;
+    let mut progress = |p: nudge_core::Progress<'_>| reporter.report(p.phase, p.done, p.total);
+    let mut hooks = nudge_core::Hooks::new(Some(&*pool), &mut check, &mut progress);
+    f(&mut hooks)
+}

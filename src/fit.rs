@@ -1,0 +1,525 @@
+//! nudge_fit: read labelled queries and the corpus, run NUDGE, write the nudged vectors.
+//!
+//! Flow (one transaction, so any error leaves every table as it was):
+//!  1. validate arguments; resolve tables and columns through the catalogs;
+//!  2. when writing, LOCK the corpus IN SHARE ROW EXCLUSIVE MODE (readers go on; writers,
+//!     including a concurrent nudge_fit on the same table, wait until we commit);
+//!  3. read queries and labels; split train/validation (seeded, or the given tables);
+//!  4. G = sum of training queries per relevant record (core);
+//!  5. one streaming pass over the corpus: the core keeps the static top-k for every
+//!     validation query and the vectors of the moving records; ids -> addresses kept
+//!     only for rows that will be written;
+//!  6. gamma chosen on the moving records alone (core); new vectors computed;
+//!  7. record the fit in nudge.fits, then write (backing up what is overwritten).
+//!
+//! A refit starts from the original vectors: rows changed by earlier applied in-place
+//! fits of the same column are read from their oldest backup, and rows no longer moved
+//! are written back to their originals.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use ndarray::{Array2, ArrayView2};
+use nudge_core::gamma::{FitConfig, FitPass, Selection};
+use nudge_core::metrics::Metric;
+use nudge_core::nudge::{Method, NegativeRule};
+use pgrx::prelude::*;
+
+use crate::columns::{self, Column, VecKind};
+use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+use crate::exec::{self, Reporter};
+use crate::read::{self, push_embedding, Label, Vectors};
+use crate::write::{self, RowWrite};
+
+type FitRow = (
+    name!(fit_id, i64),
+    name!(method, String),
+    name!(gamma, f64),
+    name!(records_changed, i64),
+    name!(validation_before, Option<f64>),
+    name!(validation_after, Option<f64>),
+    name!(seconds, f64),
+);
+
+/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_fit(
+    corpus: PgRelation,
+    embedding: &str,
+    queries: PgRelation,
+    qrels: PgRelation,
+    id_column: default!(&str, "'id'"),
+    method: default!(&str, "'nudge_n'"),
+    validation_queries: default!(Option<PgRelation>, "NULL"),
+    validation_qrels: default!(Option<PgRelation>, "NULL"),
+    validation_fraction: default!(f64, 0.1),
+    seed: default!(i32, 0),
+    metric: default!(&str, "'ndcg@10'"),
+    gamma: default!(Option<f64>, "NULL"),
+    target: default!(Option<&str>, "NULL"),
+    dry_run: default!(bool, false),
+    gamma_search: default!(&str, "'best'"),
+    negative_rule: default!(&str, "'skip'"),
+) -> TableIterator<'static, FitRow> {
+    let args = FitArgs {
+        corpus: corpus.oid(),
+        embedding,
+        queries: queries.oid(),
+        qrels: qrels.oid(),
+        id_column,
+        method,
+        validation: match (validation_queries, validation_qrels) {
+            (Some(q), Some(r)) => Some((q.oid(), r.oid())),
+            (None, None) => None,
+            _ => raise(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                "validation_queries and validation_qrels must be given together",
+            ),
+        },
+        validation_fraction,
+        seed,
+        metric,
+        gamma,
+        target,
+        dry_run,
+        gamma_search,
+        negative_rule,
+    };
+    drop((corpus, queries, qrels));
+    TableIterator::once(run(&args))
+}
+
+struct FitArgs<'a> {
+    corpus: pg_sys::Oid,
+    embedding: &'a str,
+    queries: pg_sys::Oid,
+    qrels: pg_sys::Oid,
+    id_column: &'a str,
+    method: &'a str,
+    validation: Option<(pg_sys::Oid, pg_sys::Oid)>,
+    validation_fraction: f64,
+    seed: i32,
+    metric: &'a str,
+    gamma: Option<f64>,
+    target: Option<&'a str>,
+    dry_run: bool,
+    gamma_search: &'a str,
+    negative_rule: &'a str,
+}
+
+fn invalid(msg: String, hint: &str) -> ! {
+    raise_with(Code::ERRCODE_INVALID_PARAMETER_VALUE, msg, None, Some(hint.to_string()))
+}
+
+fn parse_config(a: &FitArgs) -> (FitConfig, Metric) {
+    let method = Method::from_str(&a.method.to_ascii_lowercase())
+        .unwrap_or_else(|_| invalid(format!("unknown method \"{}\"", a.method), "Use 'nudge_n' or 'nudge_m'."));
+    let metric = Metric::from_str(&a.metric.to_ascii_lowercase()).unwrap_or_else(|_| {
+        invalid(
+            format!("unknown metric \"{}\"", a.metric),
+            "Use ndcg@k, recall@k, capped_recall@k, mrr@k (k >= 1) or top1.",
+        )
+    });
+    let negative_rule = match a.negative_rule.to_ascii_lowercase().as_str() {
+        "skip" => NegativeRule::Skip,
+        "move" => NegativeRule::Move,
+        _ => invalid(format!("unknown negative_rule \"{}\"", a.negative_rule), "Use 'skip' or 'move'."),
+    };
+    let selection = match (a.gamma, a.gamma_search.to_ascii_lowercase().as_str()) {
+        (Some(g), _) => {
+            let max = if method == Method::NudgeN { 4.0 } else { f64::MAX };
+            if !(g.is_finite() && g >= 0.0 && g <= max) {
+                invalid(
+                    format!("gamma must be a finite number >= 0{}, not {g}", if method == Method::NudgeN { " and <= 4" } else { "" }),
+                    "Leave gamma NULL to choose it on validation queries.",
+                );
+            }
+            Selection::Fixed(g)
+        }
+        (None, "best") => Selection::Best(metric),
+        (None, "reference") => Selection::Parity,
+        (None, _) => invalid(format!("unknown gamma_search \"{}\"", a.gamma_search), "Use 'best' or 'reference'."),
+    };
+    if a.validation.is_none() && !(a.validation_fraction > 0.0 && a.validation_fraction < 1.0) {
+        invalid(
+            format!("validation_fraction must be between 0 and 1 (exclusive), not {}", a.validation_fraction),
+            "It is the share of queries held out to choose gamma.",
+        );
+    }
+    if a.seed < 0 {
+        invalid(format!("seed must be >= 0, not {}", a.seed), "Any non-negative integer works.");
+    }
+    (FitConfig { method, selection, negative_rule }, metric)
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::NudgeM => "nudge_m",
+        Method::NudgeN => "nudge_n",
+    }
+}
+
+/// Queries of one role (train or validation) and their labels over record keys.
+struct QuerySet {
+    vectors: Array2<f32>,
+    qrels: Vec<nudge_core::gradient::Qrel>,
+}
+
+fn index_ids<'a>(ids: impl Iterator<Item = &'a String>, rel_sql: &str) -> HashMap<&'a str, u32> {
+    let mut map = HashMap::new();
+    for (i, id) in ids.enumerate() {
+        if map.insert(id.as_str(), i as u32).is_some() {
+            raise(Code::ERRCODE_UNIQUE_VIOLATION, format!("query id {id:?} appears more than once in {rel_sql}"));
+        }
+    }
+    map
+}
+
+fn select_rows(v: &Vectors, rows: &[usize]) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros((rows.len(), v.dim));
+    for (i, &r) in rows.iter().enumerate() {
+        out.row_mut(i).assign(&ndarray::ArrayView1::from(v.row(r)));
+    }
+    out
+}
+
+/// Keep only validation queries with at least one relevant label; renumber them.
+fn only_judged(set: QuerySet) -> QuerySet {
+    let n = set.vectors.nrows();
+    let mut has = vec![false; n];
+    for q in &set.qrels {
+        if q.grade > 0.0 {
+            has[q.query as usize] = true;
+        }
+    }
+    if has.iter().all(|h| *h) {
+        return set;
+    }
+    let keep: Vec<usize> = (0..n).filter(|&i| has[i]).collect();
+    let mut renum = vec![u32::MAX; n];
+    for (new, &old) in keep.iter().enumerate() {
+        renum[old] = new as u32;
+    }
+    let vectors = set.vectors.select(ndarray::Axis(0), &keep);
+    let qrels = set
+        .qrels
+        .into_iter()
+        .filter(|q| renum[q.query as usize] != u32::MAX)
+        .map(|q| nudge_core::gradient::Qrel { query: renum[q.query as usize], ..q })
+        .collect();
+    QuerySet { vectors, qrels }
+}
+
+fn run(a: &FitArgs) -> FitRow {
+    let mut reporter = Reporter::new("nudge_fit");
+    let (config, _metric) = parse_config(a);
+
+    // Tables and columns.
+    let corpus_sql = columns::relation_sql(a.corpus);
+    let id = columns::column(a.corpus, &corpus_sql, a.id_column, "the id column that qrels.doc_id refers to");
+    let (emb, kind) = columns::vector_column(a.corpus, &corpus_sql, a.embedding, "an embedding column");
+    let target = a.target.map(|t| {
+        let col = columns::column(a.corpus, &corpus_sql, t, "the target column");
+        if col.name == emb.name {
+            invalid(format!("target column \"{t}\" is the embedding column"), "Leave target NULL to write in place.");
+        }
+        if col.type_sql != emb.type_sql {
+            raise(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("target column \"{t}\" has type {}, but \"{}\" has type {}", col.type_sql, emb.name, emb.type_sql),
+            );
+        }
+        col
+    });
+    let writing = !a.dry_run;
+    if writing {
+        let relkind = Spi::get_one_with_args::<String>("SELECT relkind::text FROM pg_class WHERE oid = $1", &[a.corpus.into()])
+            .or_raise()
+            .unwrap_or_default();
+        if !matches!(relkind.as_str(), "r" | "p") {
+            raise_with(
+                Code::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("cannot write nudged vectors into {corpus_sql}: it is not a table"),
+                None,
+                Some("Use dry_run => true to fit without writing, or pass the underlying table.".into()),
+            );
+        }
+        Spi::run(&format!("LOCK TABLE {corpus_sql} IN SHARE ROW EXCLUSIVE MODE")).or_raise();
+    }
+
+    // Queries and labels.
+    reporter.report("reading queries", 0, None);
+    let queries_sql = columns::relation_sql(a.queries);
+    let qrels_sql = columns::relation_sql(a.qrels);
+    let mut dim = 0usize;
+    let q_all = read::read_queries(a.queries, &queries_sql, &mut dim);
+    let labels = read::read_qrels(a.qrels, &qrels_sql);
+    let mut keys: HashMap<String, u64> = HashMap::new();
+    let (train, validation) = match a.validation {
+        Some((vq, vr)) => {
+            let vq_sql = columns::relation_sql(vq);
+            let vr_sql = columns::relation_sql(vr);
+            let q_val = read::read_queries(vq, &vq_sql, &mut dim);
+            let val_labels = read::read_qrels(vr, &vr_sql);
+            let train_index = index_ids(q_all.ids.iter(), &queries_sql);
+            let train_qrels = read::qrels_for(&labels, &train_index, &mut keys, &qrels_sql, &queries_sql);
+            let val_index = index_ids(q_val.ids.iter(), &vq_sql);
+            let val_qrels = read::qrels_for(&val_labels, &val_index, &mut keys, &vr_sql, &vq_sql);
+            (
+                QuerySet { vectors: q_all.into_array(), qrels: train_qrels },
+                QuerySet { vectors: q_val.into_array(), qrels: val_qrels },
+            )
+        }
+        None => {
+            let all_index = index_ids(q_all.ids.iter(), &queries_sql);
+            if q_all.len() < 2 {
+                raise(
+                    Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("{queries_sql} has {} queries; a seeded split needs at least 2", q_all.len()),
+                );
+            }
+            let (tr, va) = nudge_core::split::split(q_all.len(), a.validation_fraction, a.seed as u32).or_raise();
+            // position of each original row within its part
+            let mut part = vec![(false, 0u32); q_all.len()];
+            for (i, &r) in tr.iter().enumerate() {
+                part[r] = (true, i as u32);
+            }
+            for (i, &r) in va.iter().enumerate() {
+                part[r] = (false, i as u32);
+            }
+            let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
+            let (mut tq, mut vq) = (Vec::new(), Vec::new());
+            for q in all_qrels {
+                let (is_train, pos) = part[q.query as usize];
+                let q = nudge_core::gradient::Qrel { query: pos, ..q };
+                if is_train { tq.push(q) } else { vq.push(q) }
+            }
+            (
+                QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
+                QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
+            )
+        }
+    };
+    let validation = only_judged(validation);
+    if validation.vectors.nrows() == 0 && !matches!(config.selection, Selection::Fixed(_)) {
+        raise_with(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "no validation query has a relevant record",
+            None,
+            Some("Choosing gamma needs labelled validation queries; give more queries, a larger validation_fraction, or a fixed gamma.".into()),
+        );
+    }
+    let n_labelled = keys.len() as u64;
+    let train_rows: Vec<usize> = (0..train.vectors.nrows()).collect();
+    let moving = nudge_core::gradient::gradients(train.vectors.view(), &train.qrels, &train_rows, n_labelled).or_raise();
+    if moving.keys.is_empty() {
+        raise_with(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "no training query has a relevant record",
+            Some(format!("{} training queries, {} labels", train.vectors.nrows(), train.qrels.len())),
+            Some("Check that qrels.query_id matches queries.id and that scores are > 0.".into()),
+        );
+    }
+    let moving_keys: HashSet<u64> = moving.keys.iter().copied().collect();
+    let n_train = train.vectors.nrows();
+    let n_val = validation.vectors.nrows();
+    let mut pass = FitPass::new(moving, validation.vectors, validation.qrels, config).or_raise();
+
+    // Originals of rows changed by earlier applied in-place fits of this column.
+    let originals = read_originals(a.corpus, &emb, &mut dim);
+
+    // The corpus pass.
+    let key_of: HashMap<&str, u64> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let total = estimated_rows(a.corpus);
+    let mut seen = vec![false; n_labelled as usize];
+    let mut addr: HashMap<u64, (pg_sys::Oid, u64, String)> = HashMap::new(); // key -> (tableoid, ctid, id)
+    let mut prev_moved: Vec<(pg_sys::Oid, u64, String, u64)> = Vec::new(); // rows to restore unless moved now
+    let scan = scan_sql(&id, &emb, &corpus_sql, writing);
+    let mut ordinal = 0u64;
+    let mut buf: Vec<f32> = Vec::new();
+    let mut batch_keys: Vec<u64> = Vec::new();
+    exec::with_hooks(&mut reporter, |hooks| {
+        read::for_each_batch(&scan, &[], |b| {
+            buf.clear();
+            batch_keys.clear();
+            for row in 0..b.len() {
+                let rid = b.text(row, 1).unwrap_or_else(|| {
+                    raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {corpus_sql} is NULL in some row", id.name))
+                });
+                let key = match key_of.get(rid.as_str()) {
+                    Some(&k) => {
+                        if std::mem::replace(&mut seen[k as usize], true) {
+                            raise_with(
+                                Code::ERRCODE_UNIQUE_VIOLATION,
+                                format!("id {rid:?} appears more than once in column \"{}\" of {corpus_sql}", id.name),
+                                None,
+                                Some("The id column must identify one row; labels cannot tell duplicates apart.".into()),
+                            );
+                        }
+                        k
+                    }
+                    None => n_labelled + ordinal,
+                };
+                ordinal += 1;
+                match originals.get(rid.as_str()) {
+                    Some(orig) => {
+                        buf.extend_from_slice(orig);
+                        if writing {
+                            let (toid, tid) = (b.datum(row, 3), b.tid(row, 4));
+                            let toid = toid.map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
+                            prev_moved.push((toid, tid.unwrap(), rid.clone(), key));
+                        }
+                    }
+                    None => push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &|| {
+                        format!("embedding of row {rid:?} in {corpus_sql}")
+                    }),
+                }
+                if writing && moving_keys.contains(&key) {
+                    let toid = b.datum(row, 3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
+                    addr.insert(key, (toid, b.tid(row, 4).unwrap(), rid));
+                }
+                batch_keys.push(key);
+            }
+            let view = ArrayView2::from_shape((batch_keys.len(), dim), &buf).expect("rows x dim");
+            pass.push_batch(&batch_keys, view, hooks).or_raise();
+            hooks_progress(hooks, ordinal, total);
+        });
+    });
+    if let Some(k) = seen.iter().position(|s| !s) {
+        let doc = keys.iter().find(|(_, v)| **v == k as u64).map(|(d, _)| d.clone()).unwrap_or_default();
+        raise_with(
+            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+            format!("a label points to doc_id {doc:?}, which is not in column \"{}\" of {corpus_sql}", id.name),
+            None,
+            Some("Every qrels.doc_id must match one corpus row's id.".into()),
+        );
+    }
+
+    reporter.report("choosing gamma", 0, None);
+    let outcome = exec::with_hooks(&mut reporter, |hooks| pass.finish(hooks)).or_raise();
+
+    // Rows to write: nudged rows, and rows of earlier fits not nudged now (back to originals).
+    let mut rows: Vec<RowWrite> = Vec::new();
+    let mut changed_now: HashSet<u64> = HashSet::new();
+    let mut records_changed = 0i64;
+    for (i, &k) in outcome.keys.iter().enumerate() {
+        if outcome.changed[i] {
+            records_changed += 1;
+            changed_now.insert(k);
+            if let Some((toid, tid, rid)) = addr.get(&k) {
+                rows.push(RowWrite { tableoid: *toid, tid: *tid, id: rid.clone(), vector: outcome.vectors.row(i).to_vec() });
+            }
+        }
+    }
+    for (toid, tid, rid, key) in prev_moved {
+        if !changed_now.contains(&key) {
+            let vector = originals.get(rid.as_str()).cloned().unwrap_or_default();
+            rows.push(RowWrite { tableoid: toid, tid, id: rid, vector });
+        }
+    }
+
+    let curve = serde_json::to_string(&outcome.curve.iter().map(|(g, v)| [*g, *v]).collect::<Vec<_>>()).unwrap();
+    let method = method_name(config.method).to_string();
+    let gamma_search = match config.selection {
+        Selection::Fixed(_) => "fixed",
+        Selection::Parity => "reference",
+        Selection::Best(_) => "best",
+    };
+    let metric_name = match config.selection {
+        Selection::Fixed(_) | Selection::Best(_) => Some(a.metric.to_ascii_lowercase()),
+        Selection::Parity => Some(if config.method == Method::NudgeN { "top1_accuracy" } else { "top1" }.to_string()),
+    };
+    let rows_written = if a.dry_run { 0 } else { rows.len() as i64 };
+    let fit_id: i64 = Spi::get_one::<i64>("SELECT nextval('nudge.fits_fit_id_seq')").or_raise().expect("nextval");
+    if !a.dry_run {
+        match &target {
+            None => write::write_in_place(a.corpus, &id, &emb, kind, fit_id, &rows, &mut reporter),
+            Some(t) => write::write_target(&id, &emb, t, &rows, &mut reporter),
+        };
+    }
+    let seconds = reporter.elapsed();
+    Spi::run_with_args(
+        "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
+             validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
+             negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
+             rows_written, validation_before, validation_after, curve, seconds, status)
+         VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
+             $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
+             $24::jsonb, $27, $25)",
+        &[
+            a.corpus.into(),
+            a.id_column.into(),
+            a.embedding.into(),
+            emb.type_sql.clone().into(),
+            a.target.into(),
+            a.queries.into(),
+            a.qrels.into(),
+            a.validation.map(|v| v.0).into(),
+            a.validation.map(|v| v.1).into(),
+            a.validation.is_none().then_some(a.validation_fraction).into(),
+            a.validation.is_none().then_some(a.seed).into(),
+            method.clone().into(),
+            metric_name.into(),
+            gamma_search.into(),
+            a.negative_rule.to_ascii_lowercase().into(),
+            outcome.gamma.into(),
+            (n_train as i32).into(),
+            (n_val as i32).into(),
+            (outcome.keys.len() as i64).into(),
+            records_changed.into(),
+            rows_written.into(),
+            outcome.validation_before.into(),
+            outcome.validation_after.into(),
+            curve.into(),
+            (if a.dry_run { "dry_run" } else { "applied" }).into(),
+            fit_id.into(),
+            seconds.into(),
+        ],
+    )
+    .or_raise();
+    reporter.report("done", records_changed as u64, None);
+    (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds)
+}
+
+fn hooks_progress(hooks: &mut nudge_core::Hooks<'_>, done: u64, total: Option<u64>) {
+    (hooks.progress)(nudge_core::Progress { phase: "reading corpus", done, total });
+}
+
+/// `SELECT id::text, embedding [, tableoid, ctid] FROM corpus`.
+pub fn scan_sql(id: &Column, emb: &Column, rel_sql: &str, with_address: bool) -> String {
+    format!(
+        "SELECT t.{}::text, t.{}{} FROM {} AS t",
+        id.ident,
+        emb.ident,
+        if with_address { ", t.tableoid, t.ctid" } else { "" },
+        rel_sql
+    )
+}
+
+/// Planner's row estimate, for progress only.
+pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
+    Spi::get_one_with_args::<f32>("SELECT reltuples FROM pg_class WHERE oid = $1", &[rel.into()])
+        .ok()
+        .flatten()
+        .filter(|r| *r > 0.0)
+        .map(|r| r as u64)
+}
+
+/// Original vectors (oldest backup) of rows that applied in-place fits of this column changed.
+fn read_originals(corpus: pg_sys::Oid, emb: &Column, dim: &mut usize) -> HashMap<String, Vec<f32>> {
+    let mut out = HashMap::new();
+    let sql = "SELECT DISTINCT ON (b.row_id) b.row_id, b.original
+                 FROM nudge.fit_backups b JOIN nudge.fits f ON f.fit_id = b.fit_id
+                WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.target IS NULL AND f.status = 'applied'
+                ORDER BY b.row_id, b.fit_id";
+    read::for_each_batch(sql, &[corpus.into(), emb.name.clone().into()], |b| {
+        for row in 0..b.len() {
+            let rid = b.text(row, 1).unwrap_or_default();
+            let mut v = Vec::new();
+            push_embedding(b.datum(row, 2), VecKind::Double, dim, &mut v, &|| format!("backup of row {rid:?}"));
+            out.insert(rid, v);
+        }
+    });
+    out
+}

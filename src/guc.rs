@@ -1,0 +1,53 @@
+//! Settings (GUCs) users tune, all under the `nudge.` prefix.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Rows fetched from the corpus per batch (memory: batch_rows x dim x 4 bytes).
+pub static BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(8192);
+/// Worker threads for the maths; 0 means one per CPU.
+pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Report progress of long fits and evaluations as NOTICEs.
+pub static PROGRESS: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Seconds between two progress reports within a phase.
+pub static PROGRESS_INTERVAL: GucSetting<f64> = GucSetting::<f64>::new(2.0);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"nudge.batch_rows",
+        c"Corpus rows read per batch by nudge_fit and nudge_evaluate.",
+        c"Memory held for the corpus is about batch_rows x dimensions x 4 bytes.",
+        &BATCH_ROWS,
+        64,
+        1_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"nudge.threads",
+        c"Worker threads for nudge's matrix products; 0 uses one per CPU.",
+        c"Threads only compute; all database access stays on the backend's own thread.",
+        &THREADS,
+        0,
+        1024,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nudge.progress",
+        c"Report the phase, rows done and elapsed time of long fits and evaluations as NOTICEs.",
+        c"",
+        &PROGRESS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"nudge.progress_interval",
+        c"Seconds between two progress NOTICEs within one phase.",
+        c"",
+        &PROGRESS_INTERVAL,
+        0.0,
+        3600.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}

@@ -1,0 +1,321 @@
+//! Reading embeddings, queries and labels out of tables.
+//!
+//! Embedding values are decoded straight from their datums (pgvector's `vector` /
+//! `halfvec` varlena layout, or a one-dimensional float4/float8 array), after detoasting,
+//! into one flat `f32` buffer per batch. Every value is checked here, so errors name the
+//! row: NULLs, NaN/Inf, wrong dimensions, NULL array elements.
+//!
+//! The corpus is read through a cursor in batches of `nudge.batch_rows`; each batch's
+//! memory (tuples and detoasted copies) is released before the next, so memory stays
+//! bounded by one batch whatever the table size.
+
+use std::collections::HashMap;
+
+use ndarray::Array2;
+use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
+
+use crate::columns::{Column, VecKind};
+use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+use crate::guc;
+
+/// Vectors read from a table, row-major, with their ids.
+pub struct Vectors {
+    pub ids: Vec<String>,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Vectors {
+    pub fn new(dim: usize) -> Self {
+        Vectors { ids: Vec::new(), dim, data: Vec::new() }
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn into_array(self) -> Array2<f32> {
+        let n = self.ids.len();
+        Array2::from_shape_vec((n, self.dim), self.data).expect("rows x dim matches the buffer")
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = if exp == 0 {
+        if mant == 0 {
+            sign
+        } else {
+            // subnormal: renormalise
+            let mut e = 127 - 15 + 1;
+            let mut m = mant;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
+        }
+    } else if exp == 0x1f {
+        sign | 0x7f80_0000 | (mant << 13)
+    } else {
+        sign | ((exp + 127 - 15) << 23) | (mant << 13)
+    };
+    f32::from_bits(bits)
+}
+
+/// Decode one non-NULL embedding datum, appending its elements to `out`.
+/// Returns the number of elements, or an error message naming what is wrong.
+///
+/// # Safety
+/// `datum` must be a valid datum of the column type `kind` describes.
+unsafe fn decode(datum: pg_sys::Datum, kind: VecKind, out: &mut Vec<f32>) -> Result<usize, String> {
+    let ptr = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
+    let total = varsize_4b(ptr);
+    let base = ptr as *const u8;
+    match kind {
+        VecKind::Vector | VecKind::Halfvec => {
+            // struct { int32 vl_len_; int16 dim; int16 unused; elements[dim] }
+            let dim = std::ptr::read_unaligned(base.add(4) as *const i16) as usize;
+            let width = if kind == VecKind::Vector { 4 } else { 2 };
+            if 8 + dim * width > total {
+                return Err("is a corrupt vector value".into());
+            }
+            out.reserve(dim);
+            let data = base.add(8);
+            for i in 0..dim {
+                let v = if kind == VecKind::Vector {
+                    std::ptr::read_unaligned(data.add(4 * i) as *const f32)
+                } else {
+                    f16_to_f32(std::ptr::read_unaligned(data.add(2 * i) as *const u16))
+                };
+                out.push(v);
+            }
+            Ok(dim)
+        }
+        VecKind::Real | VecKind::Double => {
+            // ArrayType: int32 vl_len_; int32 ndim; int32 dataoffset; Oid elemtype; dims[]; lbounds[]; [nulls]; data
+            let ndim = std::ptr::read_unaligned(base.add(4) as *const i32);
+            let dataoffset = std::ptr::read_unaligned(base.add(8) as *const i32);
+            if ndim == 0 {
+                return Ok(0);
+            }
+            if ndim != 1 {
+                return Err(format!("is a {ndim}-dimensional array; embeddings must be one-dimensional"));
+            }
+            if dataoffset != 0 {
+                return Err("contains NULL elements".into());
+            }
+            let n = std::ptr::read_unaligned(base.add(16) as *const i32) as usize;
+            let header = 16 + 8; // one dim + one lbound, already MAXALIGNed (24 bytes)
+            let width = if kind == VecKind::Real { 4 } else { 8 };
+            if header + n * width > total {
+                return Err("is a corrupt array value".into());
+            }
+            out.reserve(n);
+            let data = base.add(header);
+            for i in 0..n {
+                let v = if kind == VecKind::Real {
+                    std::ptr::read_unaligned(data.add(4 * i) as *const f32)
+                } else {
+                    let d = std::ptr::read_unaligned(data.add(8 * i) as *const f64);
+                    if d.is_finite() && d.abs() > f32::MAX as f64 {
+                        return Err(format!("has element {d} outside the range of real"));
+                    }
+                    d as f32
+                };
+                out.push(v);
+            }
+            Ok(n)
+        }
+    }
+}
+
+unsafe fn varsize_4b(ptr: *const pg_sys::varlena) -> usize {
+    (std::ptr::read_unaligned(ptr as *const u32) >> 2) as usize & 0x3FFF_FFFF
+}
+
+/// Append one embedding to `buf`, checking NULL, dimension and finiteness.
+/// `dim` is fixed by the first vector read when it is 0.
+pub fn push_embedding(
+    datum: Option<pg_sys::Datum>,
+    kind: VecKind,
+    dim: &mut usize,
+    buf: &mut Vec<f32>,
+    what: &dyn Fn() -> String,
+) {
+    let Some(datum) = datum else {
+        raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{} is NULL", what()));
+    };
+    let start = buf.len();
+    let n = unsafe { decode(datum, kind, buf) }
+        .unwrap_or_else(|msg| raise(Code::ERRCODE_DATA_EXCEPTION, format!("{} {msg}", what())));
+    if n == 0 {
+        raise(Code::ERRCODE_DATA_EXCEPTION, format!("{} is empty", what()));
+    }
+    if *dim == 0 {
+        *dim = n;
+    } else if n != *dim {
+        raise_with(
+            Code::ERRCODE_DATA_EXCEPTION,
+            format!("{} has {n} dimensions, expected {}", what(), *dim),
+            None,
+            Some("All corpus rows and queries must have the same number of dimensions.".into()),
+        );
+    }
+    if let Some(bad) = buf[start..].iter().position(|v| !v.is_finite()) {
+        raise(
+            Code::ERRCODE_DATA_EXCEPTION,
+            format!("{} has a non-finite element ({} at position {})", what(), buf[start + bad], bad + 1),
+        );
+    }
+}
+
+/// One fetched batch of rows, read with `SPI_getbinval` (no per-row allocation).
+pub struct Batch {
+    table: *mut pg_sys::SPITupleTable,
+    rows: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Column `col` (1-based) of row `row`; `None` for NULL.
+    pub fn datum(&self, row: usize, col: i32) -> Option<pg_sys::Datum> {
+        debug_assert!(row < self.rows);
+        let mut isnull = false;
+        // SAFETY: `table` is the live SPI tuple table of this batch and `row` is in range.
+        let d = unsafe {
+            let t = &*self.table;
+            pg_sys::SPI_getbinval(*t.vals.add(row), t.tupdesc, col, &mut isnull)
+        };
+        (!isnull).then_some(d)
+    }
+
+    pub fn text(&self, row: usize, col: i32) -> Option<String> {
+        self.datum(row, col).and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+
+    pub fn float8(&self, row: usize, col: i32) -> Option<f64> {
+        self.datum(row, col).and_then(|d| unsafe { f64::from_datum(d, false) })
+    }
+
+    pub fn tid(&self, row: usize, col: i32) -> Option<u64> {
+        self.datum(row, col)
+            .and_then(|d| unsafe { pg_sys::ItemPointerData::from_datum(d, false) })
+            .map(pgrx::itemptr::item_pointer_to_u64)
+    }
+}
+
+/// Run `query` through a cursor, handing each batch to `each` with the batch's memory
+/// (tuples and detoasted values) freed afterwards. Everything runs on this thread.
+pub fn for_each_batch(query: &str, args: &[pgrx::datum::DatumWithOid], mut each: impl FnMut(&Batch)) {
+    let batch = guc::BATCH_ROWS.get().max(1) as i64;
+    Spi::connect(|client| {
+        let mut cursor = client.try_open_cursor(query, args).or_raise();
+        let mut cx = PgMemoryContexts::new("nudge batch");
+        loop {
+            let rows = cursor.fetch(batch).or_raise().len();
+            if rows == 0 {
+                break;
+            }
+            // SAFETY: SPI_cursor_fetch just set SPI_tuptable to this batch's rows.
+            let b = Batch { table: unsafe { pg_sys::SPI_tuptable }, rows };
+            unsafe { cx.switch_to(|_| each(&b)) };
+            unsafe {
+                pg_sys::SPI_freetuptable(b.table);
+                pg_sys::SPI_tuptable = std::ptr::null_mut();
+                cx.reset();
+            }
+        }
+    })
+}
+
+/// Expression reading the text form of a key column.
+pub fn text_expr(col: &Column) -> String {
+    format!("{}::text", col.ident)
+}
+
+/// Queries table: `id` and `embedding`, ordered by id so that the seeded split is
+/// reproducible. Returns ids (as text) and vectors.
+pub fn read_queries(rel: pg_sys::Oid, rel_sql: &str, dim: &mut usize) -> Vectors {
+    let id = crate::columns::column(rel, rel_sql, "id", "a column \"id\" in the queries table");
+    let (emb, kind) =
+        crate::columns::vector_column(rel, rel_sql, "embedding", "a column \"embedding\" in the queries table");
+    let sql = format!("SELECT {}, {} FROM {} ORDER BY {}", text_expr(&id), emb.ident, rel_sql, id.ident);
+    let mut out = Vectors::new(0);
+    for_each_batch(&sql, &[], |table| {
+        for row in 0..table.len() {
+            let qid = table.text(row, 1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("a query id in {rel_sql} is NULL")));
+            push_embedding(table.datum(row, 2), kind, dim, &mut out.data, &|| format!("embedding of query {qid:?} in {rel_sql}"));
+            out.ids.push(qid);
+        }
+    });
+    out.dim = *dim;
+    out
+}
+
+/// One relevance label.
+pub struct Label {
+    pub query: String,
+    pub doc: String,
+    pub grade: f64,
+}
+
+/// Labels table: `query_id`, `doc_id` and an optional numeric `score` (grade; NULL or
+/// missing means 1). Grades <= 0 are kept (they mark judged non-relevant records).
+pub fn read_qrels(rel: pg_sys::Oid, rel_sql: &str) -> Vec<Label> {
+    let q = crate::columns::column(rel, rel_sql, "query_id", "a column \"query_id\" in the qrels table");
+    let d = crate::columns::column(rel, rel_sql, "doc_id", "a column \"doc_id\" in the qrels table");
+    let score = crate::columns::find_column(rel, rel_sql, "score")
+        .map(|s| format!("COALESCE(CAST({} AS double precision), 1)", s.ident))
+        .unwrap_or_else(|| "1::double precision".into());
+    let sql = format!("SELECT {}, {}, {} FROM {}", text_expr(&q), text_expr(&d), score, rel_sql);
+    let mut out = Vec::new();
+    for_each_batch(&sql, &[], |table| {
+        for row in 0..table.len() {
+            let (query, doc, grade) = (table.text(row, 1), table.text(row, 2), table.float8(row, 3));
+            let (Some(query), Some(doc)) = (query, doc) else {
+                raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("a query_id or doc_id in {rel_sql} is NULL"));
+            };
+            let grade = grade.unwrap_or(1.0);
+            if !grade.is_finite() {
+                raise(Code::ERRCODE_DATA_EXCEPTION, format!("score of ({query:?}, {doc:?}) in {rel_sql} is not finite"));
+            }
+            out.push(Label { query, doc, grade });
+        }
+    });
+    out
+}
+
+/// Relevance labels of a set of queries, as core `Qrel`s over dense record keys.
+/// `keys` maps doc ids to keys and grows as new docs appear. Labels of queries not in
+/// `queries` are an error (they point to an unknown query).
+pub fn qrels_for(
+    labels: &[Label],
+    query_index: &HashMap<&str, u32>,
+    keys: &mut HashMap<String, u64>,
+    rel_sql: &str,
+    queries_sql: &str,
+) -> Vec<nudge_core::gradient::Qrel> {
+    let mut out = Vec::with_capacity(labels.len());
+    for l in labels {
+        let Some(&q) = query_index.get(l.query.as_str()) else {
+            raise_with(
+                Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+                format!("{rel_sql} has a label for query {:?}, which is not in {queries_sql}", l.query),
+                None,
+                None,
+            );
+        };
+        let next = keys.len() as u64;
+        let key = *keys.entry(l.doc.clone()).or_insert(next);
+        out.push(nudge_core::gradient::Qrel { query: q, record: key, grade: l.grade });
+    }
+    out
+}

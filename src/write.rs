@@ -1,0 +1,129 @@
+//! Writing nudged vectors back.
+//!
+//! In place: each written row's previous value goes to `nudge.fit_backups` in the same
+//! statement that overwrites it (a data-modifying CTE), so a backup exists for exactly the
+//! rows changed. Rows are addressed by (tableoid, ctid) captured during the read; the fit
+//! holds SHARE ROW EXCLUSIVE on the table from before the read until commit, so those
+//! addresses cannot move underneath it.
+//!
+//! Into a target column: every row not written with a nudged/original vector gets a copy
+//! of the source column in one set-based UPDATE; the source column is never touched.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+use crate::columns::{Column, VecKind};
+use crate::error::OrRaise;
+use crate::exec::Reporter;
+
+/// One row to write: where it is, its id, and the vector to store.
+pub struct RowWrite {
+    pub tableoid: pg_sys::Oid,
+    pub tid: u64,
+    pub id: String,
+    pub vector: Vec<f32>,
+}
+
+fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
+    let mut t = pg_sys::ItemPointerData::default();
+    pgrx::itemptr::u64_to_item_pointer(tid, &mut t);
+    t
+}
+
+/// The column value as float8[] (exact for every supported type).
+fn backup_expr(col: &Column, kind: VecKind) -> String {
+    match kind {
+        VecKind::Vector | VecKind::Halfvec => format!("CAST(CAST(t.{} AS real[]) AS double precision[])", col.ident),
+        VecKind::Real => format!("CAST(t.{} AS double precision[])", col.ident),
+        VecKind::Double => format!("t.{}", col.ident),
+    }
+}
+
+/// Overwrite `col` in place for `rows`, backing up the previous values under `fit_id`.
+pub fn write_in_place(
+    rel: pg_sys::Oid,
+    id: &Column,
+    col: &Column,
+    kind: VecKind,
+    fit_id: i64,
+    rows: &[RowWrite],
+    reporter: &mut Reporter,
+) -> i64 {
+    let sql = format!(
+        "WITH old AS (SELECT t.{id}::text AS row_id, {backup} AS original FROM {rel} AS t
+                       WHERE t.tableoid = $3 AND t.ctid = $2),
+              upd AS (UPDATE {rel} AS t SET {col} = CAST($1 AS {ty})
+                       WHERE t.tableoid = $3 AND t.ctid = $2)
+         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, original)
+         SELECT $4, $5, row_id, original FROM old",
+        id = id.ident,
+        backup = backup_expr(col, kind),
+        rel = col.rel_sql,
+        col = col.ident,
+        ty = col.type_sql,
+    );
+    run_rows(&sql, rows, reporter, |r| {
+        vec![
+            r.vector.clone().into(),
+            tid_datum(r.tid).into(),
+            r.tableoid.into(),
+            fit_id.into(),
+            unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
+        ]
+    })
+}
+
+/// Fill `target` for every row: `rows` get their given vectors, all others a copy of `source`.
+pub fn write_target(
+    id: &Column,
+    source: &Column,
+    target: &Column,
+    rows: &[RowWrite],
+    reporter: &mut Reporter,
+) -> i64 {
+    // First the copy for all other rows (rows to write keep their ctid until written).
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let copy = format!(
+        "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE NOT (t.{id}::text = ANY($1))",
+        rel = source.rel_sql,
+        tgt = target.ident,
+        src = source.ident,
+        id = id.ident,
+    );
+    reporter.report("copying the source column into the target", 0, None);
+    Spi::connect_mut(|client| client.update(copy.as_str(), None, &[ids.into()]).map(|_| ())).or_raise();
+    let sql = format!(
+        "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE t.tableoid = $3 AND t.ctid = $2",
+        rel = source.rel_sql,
+        tgt = target.ident,
+        ty = target.type_sql,
+    );
+    run_rows(&sql, rows, reporter, |r| vec![r.vector.clone().into(), tid_datum(r.tid).into(), r.tableoid.into()])
+}
+
+/// Execute a prepared statement once per row, checking interrupts and reporting progress.
+fn run_rows<'a>(
+    sql: &str,
+    rows: &'a [RowWrite],
+    reporter: &mut Reporter,
+    args: impl Fn(&'a RowWrite) -> Vec<DatumWithOid<'a>>,
+) -> i64 {
+    if rows.is_empty() {
+        return 0;
+    }
+    let total = rows.len() as u64;
+    Spi::connect_mut(|client| {
+        let types: Vec<pg_sys::PgOid> = args(&rows[0]).iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
+        let stmt = client.prepare_mut(sql, &types).or_raise();
+        let mut written = 0i64;
+        for (i, r) in rows.iter().enumerate() {
+            client.update(&stmt, None, &args(r)).or_raise();
+            written += 1;
+            if i % 256 == 255 {
+                crate::exec::check_interrupts().ok();
+                reporter.report("writing rows", i as u64 + 1, Some(total));
+            }
+        }
+        written
+    })
+}

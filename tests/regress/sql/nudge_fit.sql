@@ -1,0 +1,103 @@
+-- nudge_fit / nudge_evaluate / nudge_revert on small synthetic tables of every
+-- embedding type: in place, into a target column, dry run, revert, refit.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE EXTENSION IF NOT EXISTS nudge;
+RESET client_min_messages;
+SET nudge.progress = off;
+SET extra_float_digits = 0;
+
+-- 300 documents in 8 dimensions, deterministic.
+CREATE TABLE docs_arr AS
+SELECT i AS id,
+       ARRAY(SELECT sin(i * j * 0.37 + j)::real FROM generate_series(1, 8) j) AS embedding
+  FROM generate_series(1, 300) i;
+ALTER TABLE docs_arr ADD PRIMARY KEY (id);
+-- 60 queries; query k is relevant to document (k * 7) % 300 + 1 (and k = 1..10 also to k + 100).
+CREATE TABLE q AS
+SELECT k AS id,
+       ARRAY(SELECT sin((k * 7 % 300 + 1) * j * 0.37 + j + 0.4 * cos(k * j))::real FROM generate_series(1, 8) j) AS embedding
+  FROM generate_series(1, 60) k;
+CREATE TABLE qrels AS
+SELECT k AS query_id, k * 7 % 300 + 1 AS doc_id, 1 AS score FROM generate_series(1, 60) k
+UNION ALL SELECT k, k + 100, 2 FROM generate_series(1, 10) k;
+
+CREATE FUNCTION checksum(t regclass, col text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE r text;
+BEGIN
+  EXECUTE format('SELECT md5(string_agg(id::text || %L || %I::text, %L ORDER BY id)) FROM %s', ':', col, ',', t) INTO r;
+  RETURN r;
+END $$;
+
+-- the same data as vector, halfvec and double precision[]
+CREATE TABLE docs_vec AS SELECT id, embedding::vector(8) AS embedding FROM docs_arr;
+CREATE TABLE docs_half AS SELECT id, embedding::halfvec(8) AS embedding FROM docs_arr;
+CREATE TABLE docs_f8 AS SELECT id, embedding::float8[] AS embedding FROM docs_arr;
+ALTER TABLE docs_vec ADD PRIMARY KEY (id);
+ALTER TABLE docs_half ADD PRIMARY KEY (id);
+ALTER TABLE docs_f8 ADD PRIMARY KEY (id);
+
+-- evaluation before fitting: identical across storage types (halfvec up to rounding)
+SELECT queries, round(ndcg::numeric, 4) AS ndcg, round(recall::numeric, 4) AS recall,
+       round(capped_recall::numeric, 4) AS capped_recall, round(mrr::numeric, 4) AS mrr
+  FROM nudge_evaluate('docs_arr', 'embedding', 'q', 'qrels');
+SELECT round(ndcg::numeric, 4) FROM nudge_evaluate('docs_vec', 'embedding', 'q', 'qrels');
+SELECT round(ndcg::numeric, 4) FROM nudge_evaluate('docs_f8', 'embedding', 'q', 'qrels');
+SELECT round(ndcg::numeric, 2) FROM nudge_evaluate('docs_half', 'embedding', 'q', 'qrels');
+SELECT round(ndcg::numeric, 4) FROM nudge_evaluate('docs_vec', 'embedding', 'q', 'qrels', k => 5, distance => 'inner_product');
+SELECT round(ndcg::numeric, 4) FROM nudge_evaluate('docs_vec', 'embedding', 'q', 'qrels', k => 5, distance => 'l2');
+
+-- dry run: reports, records, writes nothing
+SELECT checksum('docs_vec', 'embedding') AS before_vec \gset
+SELECT checksum('docs_arr', 'embedding') AS before_arr \gset
+SELECT method, round(gamma::numeric, 3) AS gamma, records_changed,
+       validation_after >= validation_before AS not_worse
+  FROM nudge_fit('docs_vec', 'embedding', 'q', 'qrels', gamma => 0.2, dry_run => true);
+SELECT checksum('docs_vec', 'embedding') = :'before_vec' AS unchanged;
+SELECT status, rows_written FROM nudge.fits ORDER BY fit_id DESC LIMIT 1;
+
+-- in place at a fixed gamma, on each type: same number of records changed
+SELECT records_changed FROM nudge_fit('docs_arr', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT records_changed FROM nudge_fit('docs_vec', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT records_changed FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT records_changed FROM nudge_fit('docs_half', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT checksum('docs_vec', 'embedding') <> :'before_vec' AS changed;
+-- NUDGE-N output is unit length
+SELECT count(*) AS moved_rows, bool_and(abs(l2_norm(embedding) - 1) < 1e-5) AS unit
+  FROM docs_vec WHERE id IN (SELECT row_id::int FROM nudge.fit_backups b JOIN nudge.fits f USING (fit_id)
+                              WHERE f.corpus = 'docs_vec'::regclass);
+-- the fitted corpus answers the training queries better
+SELECT round(ndcg::numeric, 4) > 0.9 AS improved FROM nudge_evaluate('docs_vec', 'embedding', 'q', 'qrels');
+
+-- revert restores every byte
+SELECT nudge_revert(fit_id) AS restored FROM nudge.fits WHERE corpus = 'docs_vec'::regclass AND status = 'applied';
+SELECT checksum('docs_vec', 'embedding') = :'before_vec' AS restored_exactly;
+SELECT status FROM nudge.fits WHERE corpus = 'docs_vec'::regclass ORDER BY fit_id;
+SELECT nudge_revert(fit_id) FROM nudge.fits WHERE corpus = 'docs_vec'::regclass AND status = 'reverted';
+
+-- two fits in a row: the second starts from the originals, reverts go newest first
+SELECT checksum('docs_arr', 'embedding') AS fitted_once \gset
+SELECT records_changed FROM nudge_fit('docs_arr', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT checksum('docs_arr', 'embedding') = :'fitted_once' AS refit_from_originals;
+SELECT nudge_revert(min(fit_id)) FROM nudge.fits WHERE corpus = 'docs_arr'::regclass AND status = 'applied';
+SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_arr'::regclass AND status = 'applied';
+SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_arr'::regclass AND status = 'applied';
+SELECT checksum('docs_arr', 'embedding') = :'before_arr' AS arr_back_to_original_values;
+
+-- target column: filled for every row, source untouched
+ALTER TABLE docs_vec ADD COLUMN nudged vector(8);
+SELECT records_changed FROM nudge_fit('docs_vec', 'embedding', 'q', 'qrels', gamma => 0.2, target => 'nudged');
+SELECT checksum('docs_vec', 'embedding') = :'before_vec' AS source_untouched;
+SELECT count(*) AS rows, count(nudged) AS filled, count(*) FILTER (WHERE nudged <> embedding) AS differ FROM docs_vec;
+SELECT nudge_revert(max(fit_id)) FROM nudge.fits WHERE target = 'nudged';
+
+-- NUDGE-M, the reference gamma rules, a seeded split that is deterministic
+SELECT method, records_changed FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', method => 'nudge_m', gamma => 0.3, dry_run => true);
+SELECT a.gamma = b.gamma AS same_gamma, a.validation_after = b.validation_after AS same_score
+  FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', seed => 7, validation_fraction => 0.25, dry_run => true) a,
+       nudge_fit('docs_f8', 'embedding', 'q', 'qrels', seed => 7, validation_fraction => 0.25, dry_run => true) b;
+SELECT gamma_search, metric, validation_query_count, train_queries
+  FROM nudge.fits ORDER BY fit_id DESC LIMIT 1;
+SELECT method, gamma >= 0 AS gamma_ok FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', gamma_search => 'reference', dry_run => true);
+SELECT method, gamma >= 0 AS gamma_ok FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', method => 'nudge_m', gamma_search => 'reference', dry_run => true);
+SELECT jsonb_array_length(curve) > 10 AS has_curve FROM nudge.fits WHERE gamma_search = 'best' ORDER BY fit_id DESC LIMIT 1;

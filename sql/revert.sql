@@ -3,10 +3,11 @@
 -- Fits on one column form a stack: each in-place fit backs up exactly the values it
 -- overwrote, so only the newest applied fit of a column can be reverted (then the one
 -- before it, and so on). Identifiers come from the catalog and are quoted by format().
+-- Types print relative to the caller's search_path (as they did when the fit ran), so
+-- the function does not pin one; every catalog reference is schema-qualified instead.
 
 CREATE FUNCTION nudge_revert(fit_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     f          nudge.fits%ROWTYPE;
@@ -36,19 +37,19 @@ BEGIN
                   HINT = 'The original vectors are still in "' || f.embedding || '"; drop or overwrite the target column instead.';
     END IF;
 
-    SELECT max(g.fit_id) INTO later FROM nudge.fits AS g
+    SELECT pg_catalog.max(g.fit_id) INTO later FROM nudge.fits AS g
      WHERE g.corpus = f.corpus AND g.embedding = f.embedding AND g.target IS NULL
        AND g.status = 'applied' AND g.fit_id > f.fit_id;
     IF later IS NOT NULL THEN
         RAISE EXCEPTION 'fit % was followed by fit % on the same column', f.fit_id, later
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = format('Revert fit %s first.', later);
+                  HINT = pg_catalog.format('Revert fit %s first.', later);
     END IF;
 
-    SELECT format_type(a.atttypid, a.atttypmod),
-           CASE WHEN a.atttypid IN ('real[]'::regtype, 'double precision[]'::regtype) THEN 'array' ELSE 'vector' END
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod),
+           CASE WHEN a.atttypid IN ('real[]'::pg_catalog.regtype, 'double precision[]'::pg_catalog.regtype) THEN 'array' ELSE 'vector' END
       INTO col_type, kind
-      FROM pg_attribute AS a
+      FROM pg_catalog.pg_attribute AS a
      WHERE a.attrelid = f.corpus AND a.attname = f.embedding AND a.attnum > 0 AND NOT a.attisdropped;
     IF col_type IS NULL THEN
         RAISE EXCEPTION 'column "%" of relation % does not exist', f.embedding, f.corpus
@@ -59,26 +60,26 @@ BEGIN
                         f.embedding, f.corpus, f.embedding_type, col_type, f.fit_id
             USING ERRCODE = 'datatype_mismatch';
     END IF;
-    SELECT format_type(a.atttypid, a.atttypmod) INTO id_type
-      FROM pg_attribute AS a
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO id_type
+      FROM pg_catalog.pg_attribute AS a
      WHERE a.attrelid = f.corpus AND a.attname = f.id_column AND a.attnum > 0 AND NOT a.attisdropped;
     IF id_type IS NULL THEN
         RAISE EXCEPTION 'column "%" of relation % does not exist', f.id_column, f.corpus
             USING ERRCODE = 'undefined_column';
     END IF;
 
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.corpus);
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.corpus);
 
     -- Row-level security hides backups of tables the caller cannot SELECT: refuse rather
     -- than restore part of a fit.
-    SELECT count(*) INTO backups FROM nudge.fit_backups AS b WHERE b.fit_id = f.fit_id;
+    SELECT pg_catalog.count(*) INTO backups FROM nudge.fit_backups AS b WHERE b.fit_id = f.fit_id;
     IF backups <> f.rows_written THEN
         RAISE EXCEPTION 'permission denied to read the backups of fit %', f.fit_id
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('%s of %s backed-up rows are visible to role %s.', backups, f.rows_written, current_user);
+                  DETAIL = pg_catalog.format('%s of %s backed-up rows are visible to role %s.', backups, f.rows_written, current_user);
     END IF;
 
-    EXECUTE format(
+    EXECUTE pg_catalog.format(
         'UPDATE %s AS t SET %I = CAST(%s AS %s) FROM nudge.fit_backups AS b
           WHERE b.fit_id = $1 AND t.%I = CAST(b.row_id AS %s)',
         f.corpus, f.embedding,
@@ -87,7 +88,7 @@ BEGIN
     USING f.fit_id;
     GET DIAGNOSTICS restored = ROW_COUNT;
 
-    UPDATE nudge.fits AS x SET status = 'reverted', reverted_at = now() WHERE x.fit_id = f.fit_id;
+    UPDATE nudge.fits AS x SET status = 'reverted', reverted_at = pg_catalog.now() WHERE x.fit_id = f.fit_id;
     IF restored < backups THEN
         RAISE NOTICE 'nudge: % of % backed-up rows of fit % no longer exist', backups - restored, backups, f.fit_id;
     END IF;

@@ -53,14 +53,18 @@ SELECT format_type(a.atttypid, a.atttypmod),
                WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
                  AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
                  AND e.extname = 'vector')
-           THEN t.typname
+           THEN t.typname::text
        END
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
  WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped";
 
 /// Look up a column; `None` if the relation has no such column.
 pub fn find_column(rel: pg_sys::Oid, rel_sql: &str, name: &str) -> Option<Column> {
-    let (type_sql, kind) = Spi::get_two_with_args::<String, String>(COLUMN_SQL, &[rel.into(), name.into()]).ok()?;
+    let (type_sql, kind) = match Spi::get_two_with_args::<String, String>(COLUMN_SQL, &[rel.into(), name.into()]) {
+        Ok(v) => v,
+        Err(pgrx::spi::Error::InvalidPosition) => return None,
+        Err(e) => raise(Code::ERRCODE_INTERNAL_ERROR, format!("nudge: looking up column \"{name}\" failed: {e}")),
+    };
     let type_sql = type_sql?;
     let kind = match kind.as_deref() {
         Some("vector") => Some(VecKind::Vector),

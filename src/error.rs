@@ -34,7 +34,7 @@ pub fn code_of(e: &NudgeError) -> Code {
         NudgeError::DimensionMismatch { .. } => Code::ERRCODE_DATA_EXCEPTION,
         NudgeError::NonFinite { .. } => Code::ERRCODE_DATA_EXCEPTION,
         NudgeError::ZeroVector { .. } => Code::ERRCODE_DATA_EXCEPTION,
-        NudgeError::Empty { .. } => Code::ERRCODE_NO_DATA_FOUND,
+        NudgeError::Empty { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
         NudgeError::UnknownRecord { .. } => Code::ERRCODE_FOREIGN_KEY_VIOLATION,
         NudgeError::Cancelled => Code::ERRCODE_QUERY_CANCELED,
     }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use ndarray::ArrayView2;
 use nudge_core::knn::{Distance, TopK};
 use pgrx::prelude::*;
+use pgrx::PgRelation;
 
 use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
@@ -36,7 +37,16 @@ fn nudge_evaluate(
     k: default!(i32, 10),
     id_column: default!(&str, "'id'"),
     distance: default!(&str, "'cosine'"),
-) -> TableIterator<'static, EvalRow> {
+) -> TableIterator<
+    'static,
+    (
+        name!(queries, i64),
+        name!(ndcg, f64),
+        name!(recall, f64),
+        name!(capped_recall, f64),
+        name!(mrr, f64),
+    ),
+> {
     let (c, q, r) = (corpus.oid(), queries.oid(), qrels.oid());
     drop((corpus, queries, qrels));
     TableIterator::once(evaluate(c, embedding, q, r, k, id_column, distance))

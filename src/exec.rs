@@ -59,7 +59,8 @@ pub fn check_interrupts() -> nudge_core::Result<()> {
     Ok(())
 }
 
-/// Progress NOTICEs: one when a phase starts, then at most one per `nudge.progress_interval`.
+/// Progress NOTICEs for calls running longer than `nudge.progress_interval`: one when a
+/// phase starts, then at most one per interval.
 pub struct Reporter {
     what: &'static str,
     start: Instant,
@@ -83,8 +84,13 @@ impl Reporter {
             return;
         }
         let now = Instant::now();
+        let interval = guc::PROGRESS_INTERVAL.get();
+        // Short calls stay quiet: nothing is reported before the first interval has passed.
+        if now.duration_since(self.start).as_secs_f64() < interval {
+            return;
+        }
         let new_phase = phase != self.phase;
-        if !new_phase && now.duration_since(self.last).as_secs_f64() < guc::PROGRESS_INTERVAL.get() {
+        if !new_phase && now.duration_since(self.last).as_secs_f64() < interval {
             return;
         }
         self.last = now;

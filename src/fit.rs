@@ -24,11 +24,12 @@ use nudge_core::gamma::{FitConfig, FitPass, Selection};
 use nudge_core::metrics::Metric;
 use nudge_core::nudge::{Method, NegativeRule};
 use pgrx::prelude::*;
+use pgrx::PgRelation;
 
 use crate::columns::{self, Column, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
-use crate::read::{self, push_embedding, Label, Vectors};
+use crate::read::{self, push_embedding, Vectors};
 use crate::write::{self, RowWrite};
 
 type FitRow = (
@@ -61,7 +62,18 @@ fn nudge_fit(
     dry_run: default!(bool, false),
     gamma_search: default!(&str, "'best'"),
     negative_rule: default!(&str, "'skip'"),
-) -> TableIterator<'static, FitRow> {
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+    ),
+> {
     let args = FitArgs {
         corpus: corpus.oid(),
         embedding,
@@ -312,8 +324,7 @@ fn run(a: &FitArgs) -> FitRow {
     }
     let n_labelled = keys.len() as u64;
     let train_rows: Vec<usize> = (0..train.vectors.nrows()).collect();
-    let moving = nudge_core::gradient::gradients(train.vectors.view(), &train.qrels, &train_rows, n_labelled).or_raise();
-    if moving.keys.is_empty() {
+    if !train.qrels.iter().any(|q| q.grade > 0.0) {
         raise_with(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             "no training query has a relevant record",
@@ -321,6 +332,7 @@ fn run(a: &FitArgs) -> FitRow {
             Some("Check that qrels.query_id matches queries.id and that scores are > 0.".into()),
         );
     }
+    let moving = nudge_core::gradient::gradients(train.vectors.view(), &train.qrels, &train_rows, n_labelled).or_raise();
     let moving_keys: HashSet<u64> = moving.keys.iter().copied().collect();
     let n_train = train.vectors.nrows();
     let n_val = validation.vectors.nrows();
@@ -371,9 +383,18 @@ fn run(a: &FitArgs) -> FitRow {
                             prev_moved.push((toid, tid.unwrap(), rid.clone(), key));
                         }
                     }
-                    None => push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &|| {
-                        format!("embedding of row {rid:?} in {corpus_sql}")
-                    }),
+                    None => {
+                        let what = || format!("embedding of row {rid:?} in {corpus_sql}");
+                        push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &what);
+                        if buf[buf.len() - dim..].iter().all(|v| *v == 0.0) {
+                            raise_with(
+                                Code::ERRCODE_DATA_EXCEPTION,
+                                format!("{} is a zero vector", what()),
+                                None,
+                                Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
+                            );
+                        }
+                    }
                 }
                 if writing && moving_keys.contains(&key) {
                     let toid = b.datum(row, 3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();

@@ -15,9 +15,9 @@ BEGIN
   RETURN r;
 END $$;
 
+SELECT embedding::vector(8) AS q5 FROM q WHERE id = 5 \gset
 SET enable_seqscan = off;
-EXPLAIN (COSTS OFF)
-SELECT id FROM h_docs ORDER BY embedding <=> (SELECT embedding::vector(8) FROM q WHERE id = 5) LIMIT 10;
+EXPLAIN (COSTS OFF) SELECT id FROM h_docs ORDER BY embedding <=> :'q5' LIMIT 10;
 RESET enable_seqscan;
 
 -- query 5 is labelled with document 36

@@ -97,8 +97,105 @@ fn nudge_fit(
         dry_run,
         gamma_search,
         negative_rule,
+        refit_of: None,
     };
     drop((corpus, queries, qrels));
+    TableIterator::once(run(&args))
+}
+
+/// Re-run a recorded fit with its parameters on the current labels. In place, it starts
+/// from the original vectors (as every fit does) and is recorded as a new fit.
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_refit(
+    fit_id: i64,
+    dry_run: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+    ),
+> {
+    type Rec = (
+        pg_sys::Oid,
+        String,
+        pg_sys::Oid,
+        pg_sys::Oid,
+        String,
+        String,
+        Option<pg_sys::Oid>,
+        Option<pg_sys::Oid>,
+        Option<f64>,
+        Option<i32>,
+        Option<String>,
+        String,
+        f64,
+        Option<String>,
+        String,
+    );
+    let rec: Option<Rec> = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
+                    validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
+                    gamma_search, gamma, target, negative_rule
+               FROM nudge.fits WHERE fit_id = $1",
+            Some(1),
+            &[fit_id.into()],
+        )?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let t = t.first();
+        Ok(Some((
+            t.get(1)?.unwrap(),
+            t.get(2)?.unwrap(),
+            t.get(3)?.unwrap(),
+            t.get(4)?.unwrap(),
+            t.get(5)?.unwrap(),
+            t.get(6)?.unwrap(),
+            t.get(7)?,
+            t.get(8)?,
+            t.get(9)?,
+            t.get(10)?,
+            t.get(11)?,
+            t.get(12)?.unwrap(),
+            t.get(13)?.unwrap(),
+            t.get(14)?,
+            t.get(15)?.unwrap(),
+        )))
+    })
+    .or_raise();
+    let Some(r) = rec else {
+        raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
+    };
+    let gamma_search = if r.11 == "fixed" { "best" } else { r.11.as_str() };
+    let metric = match r.11.as_str() {
+        "reference" => "ndcg@10".to_string(),
+        _ => r.10.clone().unwrap_or_else(|| "ndcg@10".into()),
+    };
+    let args = FitArgs {
+        corpus: r.0,
+        embedding: &r.1,
+        queries: r.2,
+        qrels: r.3,
+        id_column: &r.4,
+        method: &r.5,
+        validation: r.6.zip(r.7),
+        validation_fraction: r.8.unwrap_or(0.1),
+        seed: r.9.unwrap_or(0),
+        metric: &metric,
+        gamma: (r.11 == "fixed").then_some(r.12),
+        target: r.13.as_deref(),
+        dry_run,
+        gamma_search,
+        negative_rule: &r.14,
+        refit_of: Some(fit_id),
+    };
     TableIterator::once(run(&args))
 }
 
@@ -118,6 +215,7 @@ struct FitArgs<'a> {
     dry_run: bool,
     gamma_search: &'a str,
     negative_rule: &'a str,
+    refit_of: Option<i64>,
 }
 
 fn invalid(msg: String, hint: &str) -> ! {
@@ -464,10 +562,10 @@ fn run(a: &FitArgs) -> FitRow {
         "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
-             rows_written, validation_before, validation_after, curve, seconds, status)
+             rows_written, validation_before, validation_after, curve, seconds, status, refit_of)
          VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
              $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-             $24::jsonb, $27, $25)",
+             $24::jsonb, $27, $25, $28)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -496,6 +594,7 @@ fn run(a: &FitArgs) -> FitRow {
             (if a.dry_run { "dry_run" } else { "applied" }).into(),
             fit_id.into(),
             seconds.into(),
+            a.refit_of.into(),
         ],
     )
     .or_raise();

@@ -103,3 +103,23 @@ SELECT gamma_search, metric, validation_query_count, train_queries
 SELECT method, gamma >= 0 AS gamma_ok FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', gamma_search => 'reference', dry_run => true);
 SELECT method, gamma >= 0 AS gamma_ok FROM nudge_fit('docs_f8', 'embedding', 'q', 'qrels', method => 'nudge_m', gamma_search => 'reference', dry_run => true);
 SELECT jsonb_array_length(curve) > 10 AS has_curve FROM nudge.fits WHERE gamma_search = 'best' ORDER BY fit_id DESC LIMIT 1;
+
+-- refit when new labels arrive: same parameters, current labels, from the originals
+CREATE TABLE docs_r AS SELECT * FROM docs_arr;
+CREATE TABLE qrels_r AS SELECT * FROM qrels;
+SELECT checksum('docs_r', 'embedding') AS before_r \gset
+SELECT fit_id AS first_fit, records_changed FROM nudge_fit('docs_r', 'embedding', 'q', 'qrels_r', gamma => 0.2) \gset
+SELECT :records_changed AS first_changed;
+INSERT INTO qrels_r SELECT k, k * 11 % 300 + 1, 1 FROM generate_series(1, 20) k;
+SELECT fit_id AS second_fit, records_changed > :records_changed AS more_changed, gamma
+  FROM nudge_refit(:first_fit) \gset
+SELECT :'more_changed' AS more_changed, :gamma AS same_fixed_gamma;
+SELECT refit_of = :first_fit AS recorded, gamma_search, qrels FROM nudge.fits WHERE fit_id = :second_fit;
+-- a dry refit writes nothing
+SELECT checksum('docs_r', 'embedding') AS after_refit \gset
+SELECT records_changed > 0 AS computed FROM nudge_refit(:first_fit, dry_run => true);
+SELECT checksum('docs_r', 'embedding') = :'after_refit' AS unchanged;
+SELECT nudge_revert(:second_fit) > 0 AS ok;
+SELECT nudge_revert(:first_fit) > 0 AS ok;
+SELECT checksum('docs_r', 'embedding') = :'before_r' AS originals_back;
+SELECT * FROM nudge_refit(-5);

@@ -22,9 +22,18 @@ pub mod exec;
 pub mod gamma;
 pub mod gradient;
 pub mod knn;
+mod la;
 pub mod metrics;
 pub mod nudge;
 pub mod split;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use error::{NudgeError, Result};
 pub use exec::{Hooks, Progress};
+pub use gamma::{FitConfig, FitOutcome, FitPass, Selection};
+pub use gradient::{gradients, MovingSet, Qrel};
+pub use knn::{dot_rows, Distance, TopK};
+pub use metrics::{evaluate, Metric, QueryMetrics};
+pub use nudge::{apply, Method, NegativeRule};
+pub use split::{permutation, split};

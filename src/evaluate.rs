@@ -108,7 +108,7 @@ fn evaluate(
     let mut ordinal = 0u64;
     let mut buf = Vec::new();
     let mut batch_keys = Vec::new();
-    exec::with_hooks(&mut reporter, |hooks| {
+    exec::with_hooks(&mut reporter, total, |hooks| {
         read::for_each_batch(&scan, &[], |b| {
             buf.clear();
             batch_keys.clear();
@@ -122,7 +122,6 @@ fn evaluate(
             }
             let view = ArrayView2::from_shape((batch_keys.len(), dim), &buf).expect("rows x dim");
             topk.push_batch(&batch_keys, view, hooks).or_raise();
-            (hooks.progress)(nudge_core::Progress { phase: "reading corpus", done: ordinal, total });
         });
     });
     let runs = topk.finish();

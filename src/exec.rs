@@ -110,10 +110,16 @@ impl Reporter {
 }
 
 /// Run `f` with hooks wired to this backend: the worker pool, interrupt checks and progress.
-pub fn with_hooks<R>(reporter: &mut Reporter, f: impl FnOnce(&mut nudge_core::Hooks<'_>) -> R) -> R {
+/// `rows_total` (the planner's estimate of the corpus size) completes the core's corpus-pass
+/// reports, which count rows without knowing the total.
+pub fn with_hooks<R>(
+    reporter: &mut Reporter,
+    rows_total: Option<u64>,
+    f: impl FnOnce(&mut nudge_core::Hooks<'_>) -> R,
+) -> R {
     let pool = pool();
     let mut check = check_interrupts;
-    let mut progress = |p: nudge_core::Progress<'_>| reporter.report(p.phase, p.done, p.total);
+    let mut progress = |p: nudge_core::Progress<'_>| reporter.report(p.phase, p.done, p.total.or(rows_total));
     let mut hooks = nudge_core::Hooks::new(Some(&*pool), &mut check, &mut progress);
     f(&mut hooks)
 }

@@ -449,7 +449,7 @@ fn run(a: &FitArgs) -> FitRow {
     let mut ordinal = 0u64;
     let mut buf: Vec<f32> = Vec::new();
     let mut batch_keys: Vec<u64> = Vec::new();
-    exec::with_hooks(&mut reporter, |hooks| {
+    exec::with_hooks(&mut reporter, total, |hooks| {
         read::for_each_batch(&scan, &[], |b| {
             buf.clear();
             batch_keys.clear();
@@ -502,7 +502,6 @@ fn run(a: &FitArgs) -> FitRow {
             }
             let view = ArrayView2::from_shape((batch_keys.len(), dim), &buf).expect("rows x dim");
             pass.push_batch(&batch_keys, view, hooks).or_raise();
-            hooks_progress(hooks, ordinal, total);
         });
     });
     if let Some(k) = seen.iter().position(|s| !s) {
@@ -515,8 +514,7 @@ fn run(a: &FitArgs) -> FitRow {
         );
     }
 
-    reporter.report("choosing gamma", 0, None);
-    let outcome = exec::with_hooks(&mut reporter, |hooks| pass.finish(hooks)).or_raise();
+    let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
 
     // Rows to write: nudged rows, and rows of earlier fits not nudged now (back to originals).
     let mut rows: Vec<RowWrite> = Vec::new();
@@ -598,12 +596,7 @@ fn run(a: &FitArgs) -> FitRow {
         ],
     )
     .or_raise();
-    reporter.report("done", records_changed as u64, None);
     (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds)
-}
-
-fn hooks_progress(hooks: &mut nudge_core::Hooks<'_>, done: u64, total: Option<u64>) {
-    (hooks.progress)(nudge_core::Progress { phase: "reading corpus", done, total });
 }
 
 /// `SELECT id::text, embedding [, tableoid, ctid] FROM corpus`.

@@ -119,7 +119,7 @@ fn run_rows<'a>(
         for (i, r) in rows.iter().enumerate() {
             client.update(&stmt, None, &args(r)).or_raise();
             written += 1;
-            if i % 256 == 255 {
+            if i % 256 == 255 || i + 1 == rows.len() {
                 crate::exec::check_interrupts().ok();
                 reporter.report("writing rows", i as u64 + 1, Some(total));
             }

@@ -236,9 +236,12 @@ def test_default_fit_curve_matches_numpy(scifact_db, ref, fit):
     res = fit("default")
     assert res["method"] == "nudge_n"
     pts = _curve(scifact_db.conn, res["fit_id"])
-    assert len(pts) >= 10, f"curve has only {len(pts)} points"
-    picks = np.unique(np.round(np.linspace(0, len(pts) - 1, 10)).astype(int))
-    assert len(picks) == 10
+    assert len(pts) >= 50, f"curve has only {len(pts)} points"
+    # 50 points spread over the whole search plus every point around the chosen gamma
+    chosen = min(range(len(pts)), key=lambda i: abs(pts[i][0] - res["gamma"]))
+    picks = np.unique(np.concatenate([np.round(np.linspace(0, len(pts) - 1, 50)).astype(int),
+                                      np.arange(max(chosen - 5, 0), min(chosen + 6, len(pts)))]))
+    assert len(picks) >= 50
 
     parts = R.nudge_n_parts(ref.ds.docs, ref.G, "skip")
     mismatches = []

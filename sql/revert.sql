@@ -18,14 +18,10 @@ DECLARE
     backups    bigint;
     restored   bigint;
 BEGIN
-    SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id FOR UPDATE;
+    SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fit % does not exist', nudge_revert.fit_id
             USING ERRCODE = 'undefined_object';
-    END IF;
-    IF f.status = 'reverted' THEN
-        RAISE EXCEPTION 'fit % is already reverted', f.fit_id
-            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF f.status = 'dry_run' THEN
         RAISE EXCEPTION 'fit % was a dry run and changed nothing', f.fit_id
@@ -35,6 +31,27 @@ BEGIN
         RAISE EXCEPTION 'fit % wrote column "%" and left the source column untouched', f.fit_id, f.target
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'The original vectors are still in "' || f.embedding || '"; drop or overwrite the target column instead.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c WHERE c.oid = f.corpus) THEN
+        RAISE EXCEPTION 'the table fit % wrote (OID %) no longer exists', f.fit_id, f.corpus::pg_catalog.oid
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    IF NOT pg_catalog.has_table_privilege(f.corpus, 'UPDATE') THEN
+        RAISE EXCEPTION 'permission denied to revert fit %: it needs UPDATE on table %', f.fit_id, f.corpus
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+
+    -- Lock the table, then look at the state of its fits: a nudge_fit or nudge_revert on it
+    -- that committed while we waited is seen below, and none can start until we commit.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.corpus);
+    SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'fit % does not exist', nudge_revert.fit_id
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF f.status = 'reverted' THEN
+        RAISE EXCEPTION 'fit % is already reverted', f.fit_id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 
     SELECT pg_catalog.max(g.fit_id) INTO later FROM nudge.fits AS g
@@ -68,29 +85,34 @@ BEGIN
             USING ERRCODE = 'undefined_column';
     END IF;
 
-    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.corpus);
-
     -- Row-level security hides backups of tables the caller cannot SELECT: refuse rather
     -- than restore part of a fit.
-    SELECT pg_catalog.count(*) INTO backups FROM nudge.fit_backups AS b WHERE b.fit_id = f.fit_id;
+    SELECT pg_catalog.count(*) INTO backups FROM nudge.fit_backups AS b
+     WHERE b.fit_id = f.fit_id AND b.corpus = f.corpus;
     IF backups <> f.rows_written THEN
         RAISE EXCEPTION 'permission denied to read the backups of fit %', f.fit_id
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = pg_catalog.format('%s of %s backed-up rows are visible to role %s.', backups, f.rows_written, current_user);
     END IF;
 
+    -- Only rows still holding what the fit wrote are restored: a row the application
+    -- updated (or deleted) since keeps its new value.
     EXECUTE pg_catalog.format(
         'UPDATE %s AS t SET %I = CAST(%s AS %s) FROM nudge.fit_backups AS b
-          WHERE b.fit_id = $1 AND t.%I = CAST(b.row_id AS %s)',
+          WHERE b.fit_id = $1 AND b.corpus = $2 AND t.%I = CAST(b.row_id AS %s)
+            AND CAST(%s AS double precision[]) = b.written',
         f.corpus, f.embedding,
         CASE kind WHEN 'array' THEN 'b.original' ELSE 'CAST(b.original AS real[])' END,
-        col_type, f.id_column, id_type)
-    USING f.fit_id;
+        col_type, f.id_column, id_type,
+        CASE kind WHEN 'array' THEN pg_catalog.format('t.%I', f.embedding)
+                  ELSE pg_catalog.format('CAST(t.%I AS real[])', f.embedding) END)
+    USING f.fit_id, f.corpus;
     GET DIAGNOSTICS restored = ROW_COUNT;
 
     UPDATE nudge.fits AS x SET status = 'reverted', reverted_at = pg_catalog.now() WHERE x.fit_id = f.fit_id;
     IF restored < backups THEN
-        RAISE NOTICE 'nudge: % of % backed-up rows of fit % no longer exist', backups - restored, backups, f.fit_id;
+        RAISE NOTICE 'nudge: % of % backed-up rows of fit % were changed or deleted since the fit and were left as they are',
+                     backups - restored, backups, f.fit_id;
     END IF;
     RETURN restored;
 END

@@ -38,7 +38,12 @@ pub struct Column {
 }
 
 pub fn relation_sql(rel: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[rel.into()])
+    // (a regclass of a dropped table prints as its OID: look it up, so that a fit recorded
+    // before its table was dropped fails here with undefined_table)
+    Spi::get_one_with_args::<String>(
+        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class AS c WHERE c.oid = $1)",
+        &[rel.into()],
+    )
         .or_raise()
         .unwrap_or_else(|| raise(Code::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", rel.to_u32())))
 }
@@ -97,7 +102,7 @@ pub fn vector_column(rel: pg_sys::Oid, rel_sql: &str, name: &str, role: &str) ->
             Code::ERRCODE_DATATYPE_MISMATCH,
             format!("column \"{}\" of relation {} has type {}, not an embedding type", col.name, col.rel_sql, col.type_sql),
             None,
-            Some("Embeddings must be vector, halfvec (pgvector), real[] or double precision[].".into()),
+            Some("Embeddings must be real[], double precision[], or pgvector's vector or halfvec (halfvec needs pgvector 0.7.0 or later).".into()),
         ),
     }
 }

@@ -46,22 +46,22 @@ type FitRow = (
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn nudge_fit(
-    corpus: PgRelation,
-    embedding: &str,
-    queries: PgRelation,
-    qrels: PgRelation,
-    id_column: default!(&str, "'id'"),
-    method: default!(&str, "'nudge_n'"),
+    corpus: Option<PgRelation>,
+    embedding: Option<&str>,
+    queries: Option<PgRelation>,
+    qrels: Option<PgRelation>,
+    id_column: default!(Option<&str>, "'id'"),
+    method: default!(Option<&str>, "'nudge_n'"),
     validation_queries: default!(Option<PgRelation>, "NULL"),
     validation_qrels: default!(Option<PgRelation>, "NULL"),
-    validation_fraction: default!(f64, 0.1),
-    seed: default!(i32, 0),
-    metric: default!(&str, "'ndcg@10'"),
+    validation_fraction: default!(Option<f64>, 0.1),
+    seed: default!(Option<i32>, 0),
+    metric: default!(Option<&str>, "'ndcg@10'"),
     gamma: default!(Option<f64>, "NULL"),
     target: default!(Option<&str>, "NULL"),
-    dry_run: default!(bool, false),
-    gamma_search: default!(&str, "'best'"),
-    negative_rule: default!(&str, "'skip'"),
+    dry_run: default!(Option<bool>, false),
+    gamma_search: default!(Option<&str>, "'best'"),
+    negative_rule: default!(Option<&str>, "'skip'"),
 ) -> TableIterator<
     'static,
     (
@@ -74,13 +74,16 @@ fn nudge_fit(
         name!(seconds, f64),
     ),
 > {
+    // Every argument but gamma, target and the validation tables is required: a NULL is an
+    // error (the function cannot be STRICT, as those three default to NULL).
+    let (corpus, queries, qrels) = (required(corpus, "corpus"), required(queries, "queries"), required(qrels, "qrels"));
     let args = FitArgs {
         corpus: corpus.oid(),
-        embedding,
+        embedding: required(embedding, "embedding"),
         queries: queries.oid(),
         qrels: qrels.oid(),
-        id_column,
-        method,
+        id_column: required(id_column, "id_column"),
+        method: required(method, "method"),
         validation: match (validation_queries, validation_qrels) {
             (Some(q), Some(r)) => Some((q.oid(), r.oid())),
             (None, None) => None,
@@ -89,18 +92,29 @@ fn nudge_fit(
                 "validation_queries and validation_qrels must be given together",
             ),
         },
-        validation_fraction,
-        seed,
-        metric,
+        validation_fraction: required(validation_fraction, "validation_fraction"),
+        seed: required(seed, "seed"),
+        metric: required(metric, "metric"),
         gamma,
         target,
-        dry_run,
-        gamma_search,
-        negative_rule,
+        dry_run: required(dry_run, "dry_run"),
+        gamma_search: required(gamma_search, "gamma_search"),
+        negative_rule: required(negative_rule, "negative_rule"),
         refit_of: None,
     };
     drop((corpus, queries, qrels));
     TableIterator::once(run(&args))
+}
+
+fn required<T>(value: Option<T>, name: &str) -> T {
+    value.unwrap_or_else(|| {
+        raise_with(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("argument \"{name}\" of nudge_fit must not be NULL"),
+            None,
+            Some("Leave an argument out to use its default.".into()),
+        )
+    })
 }
 
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
@@ -437,7 +451,7 @@ fn run(a: &FitArgs) -> FitRow {
     let mut pass = FitPass::new(moving, validation.vectors, validation.qrels, config).or_raise();
 
     // Originals of rows changed by earlier applied in-place fits of this column.
-    let originals = read_originals(a.corpus, &emb, &mut dim);
+    let originals = read_originals(a.corpus, &emb);
 
     // The corpus pass.
     let key_of: HashMap<&str, u64> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -472,9 +486,15 @@ fn run(a: &FitArgs) -> FitRow {
                     None => n_labelled + ordinal,
                 };
                 ordinal += 1;
-                match originals.get(rid.as_str()) {
-                    Some(orig) => {
-                        buf.extend_from_slice(orig);
+                let what = || format!("embedding of row {rid:?} in {corpus_sql}");
+                push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &what);
+                let current = buf.len() - dim;
+                // A row still holding what the last fit wrote starts from its original; a row
+                // the application changed since starts from its new value.
+                match originals.get(rid.as_str()).filter(|o| same_bits(&buf[current..], &o.written) && o.original.len() == dim) {
+                    Some(o) => {
+                        buf.truncate(current);
+                        buf.extend_from_slice(&o.original);
                         if writing {
                             let (toid, tid) = (b.datum(row, 3), b.tid(row, 4));
                             let toid = toid.map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
@@ -482,9 +502,7 @@ fn run(a: &FitArgs) -> FitRow {
                         }
                     }
                     None => {
-                        let what = || format!("embedding of row {rid:?} in {corpus_sql}");
-                        push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &what);
-                        if buf[buf.len() - dim..].iter().all(|v| *v == 0.0) {
+                        if buf[current..].iter().all(|v| *v == 0.0) {
                             raise_with(
                                 Code::ERRCODE_DATA_EXCEPTION,
                                 format!("{} is a zero vector", what()),
@@ -531,7 +549,7 @@ fn run(a: &FitArgs) -> FitRow {
     }
     for (toid, tid, rid, key) in prev_moved {
         if !changed_now.contains(&key) {
-            let vector = originals.get(rid.as_str()).cloned().unwrap_or_default();
+            let vector = originals.get(rid.as_str()).map(|o| o.original.clone()).unwrap_or_default();
             rows.push(RowWrite { tableoid: toid, tid, id: rid, vector });
         }
     }
@@ -619,19 +637,50 @@ pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
         .map(|r| r as u64)
 }
 
-/// Original vectors (oldest backup) of rows that applied in-place fits of this column changed.
-fn read_originals(corpus: pg_sys::Oid, emb: &Column, dim: &mut usize) -> HashMap<String, Vec<f32>> {
-    let mut out = HashMap::new();
-    let sql = "SELECT DISTINCT ON (b.row_id) b.row_id, b.original
-                 FROM nudge.fit_backups b JOIN nudge.fits f ON f.fit_id = b.fit_id
-                WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.target IS NULL AND f.status = 'applied'
-                ORDER BY b.row_id, b.fit_id";
-    read::for_each_batch(sql, &[corpus.into(), emb.name.clone().into()], |b| {
+/// A row that applied in-place fits of this column changed: the value the newest of them
+/// wrote, and the row's value before the oldest fit in the unbroken chain of fits back from it.
+struct Original {
+    written: Vec<f32>,
+    original: Vec<f32>,
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Originals of rows that applied in-place fits of this column changed. Each fit backs up the
+/// value it overwrote; walking a row's backups from the newest fit back, the chain goes on
+/// while a fit overwrote exactly what the fit before it wrote. Where it breaks, the
+/// application changed the row in between, and that value is the row's original.
+fn read_originals(corpus: pg_sys::Oid, emb: &Column) -> HashMap<String, Original> {
+    let mut out: HashMap<String, Original> = HashMap::new();
+    let sql = "SELECT b.row_id, b.original, b.written
+                 FROM nudge.fit_backups b JOIN nudge.fits f ON f.fit_id = b.fit_id AND f.corpus = b.corpus
+                WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.embedding_type = $3
+                  AND f.target IS NULL AND f.status = 'applied'
+                ORDER BY b.row_id, b.fit_id DESC";
+    let mut current: Option<(String, bool)> = None; // row id, chain unbroken
+    read::for_each_batch(sql, &[corpus.into(), emb.name.clone().into(), emb.type_sql.clone().into()], |b| {
         for row in 0..b.len() {
             let rid = b.text(row, 1).unwrap_or_default();
-            let mut v = Vec::new();
-            push_embedding(b.datum(row, 2), VecKind::Double, dim, &mut v, &|| format!("backup of row {rid:?}"));
-            out.insert(rid, v);
+            let what = || format!("backup of row {rid:?}");
+            let (mut original, mut written) = (Vec::new(), Vec::new());
+            push_embedding(b.datum(row, 2), VecKind::Double, &mut 0, &mut original, &what);
+            push_embedding(b.datum(row, 3), VecKind::Double, &mut 0, &mut written, &what);
+            match &mut current {
+                Some((id, unbroken)) if *id == rid => {
+                    let o = out.get_mut(&rid).expect("newest backup of this row was kept");
+                    if *unbroken && same_bits(&written, &o.original) {
+                        o.original = original;
+                    } else {
+                        *unbroken = false;
+                    }
+                }
+                _ => {
+                    out.insert(rid.clone(), Original { written, original });
+                    current = Some((rid, true));
+                }
+            }
         }
     });
     out

@@ -84,15 +84,14 @@ unsafe fn decode(datum: pg_sys::Datum, kind: VecKind, out: &mut Vec<f32>) -> Res
             if 8 + dim * width > total {
                 return Err("is a corrupt vector value".into());
             }
-            out.reserve(dim);
             let data = base.add(8);
-            for i in 0..dim {
-                let v = if kind == VecKind::Vector {
-                    std::ptr::read_unaligned(data.add(4 * i) as *const f32)
-                } else {
-                    f16_to_f32(std::ptr::read_unaligned(data.add(2 * i) as *const u16))
-                };
-                out.push(v);
+            if kind == VecKind::Vector {
+                append_f32(out, data, dim);
+            } else {
+                out.reserve(dim);
+                for i in 0..dim {
+                    out.push(f16_to_f32(std::ptr::read_unaligned(data.add(2 * i) as *const u16)));
+                }
             }
             Ok(dim)
         }
@@ -115,23 +114,33 @@ unsafe fn decode(datum: pg_sys::Datum, kind: VecKind, out: &mut Vec<f32>) -> Res
             if header + n * width > total {
                 return Err("is a corrupt array value".into());
             }
-            out.reserve(n);
             let data = base.add(header);
+            if kind == VecKind::Real {
+                append_f32(out, data, n);
+                return Ok(n);
+            }
+            out.reserve(n);
             for i in 0..n {
-                let v = if kind == VecKind::Real {
-                    std::ptr::read_unaligned(data.add(4 * i) as *const f32)
-                } else {
-                    let d = std::ptr::read_unaligned(data.add(8 * i) as *const f64);
-                    if d.is_finite() && d.abs() > f32::MAX as f64 {
-                        return Err(format!("has element {d} outside the range of real"));
-                    }
-                    d as f32
-                };
-                out.push(v);
+                let d = std::ptr::read_unaligned(data.add(8 * i) as *const f64);
+                if d.is_finite() && d.abs() > f32::MAX as f64 {
+                    return Err(format!("has element {d:e} outside the range of real"));
+                }
+                out.push(d as f32);
             }
             Ok(n)
         }
     }
+}
+
+/// Append `n` native-endian f32 values starting at `src` (any alignment) with one copy.
+///
+/// # Safety
+/// `src` must be valid for reading `4 * n` bytes.
+unsafe fn append_f32(out: &mut Vec<f32>, src: *const u8, n: usize) {
+    out.reserve(n);
+    let len = out.len();
+    std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(len) as *mut u8, 4 * n);
+    out.set_len(len + n);
 }
 
 unsafe fn varsize_4b(ptr: *const pg_sys::varlena) -> usize {
@@ -166,7 +175,9 @@ pub fn push_embedding(
             Some("All corpus rows and queries must have the same number of dimensions.".into()),
         );
     }
-    if let Some(bad) = buf[start..].iter().position(|v| !v.is_finite()) {
+    // branch-free scan first (vectorises); look for the position only on failure
+    if !buf[start..].iter().fold(true, |ok, v| ok & v.is_finite()) {
+        let bad = buf[start..].iter().position(|v| !v.is_finite()).unwrap_or(0);
         raise(
             Code::ERRCODE_DATA_EXCEPTION,
             format!("{} has a non-finite element ({} at position {})", what(), buf[start + bad], bad + 1),

@@ -2,7 +2,8 @@
 //!
 //! In place: each written row's previous value goes to `nudge.fit_backups` in the same
 //! statement that overwrites it (a data-modifying CTE), so a backup exists for exactly the
-//! rows changed. Rows are addressed by (tableoid, ctid) captured during the read; the fit
+//! rows changed. The backup also keeps the value as stored (`written`), so that later fits
+//! and nudge_revert can tell a row the application changed since from one the fit wrote. Rows are addressed by (tableoid, ctid) captured during the read; the fit
 //! holds SHARE ROW EXCLUSIVE on the table from before the read until commit, so those
 //! addresses cannot move underneath it.
 //!
@@ -53,9 +54,9 @@ pub fn write_in_place(
         "WITH old AS (SELECT t.{id}::text AS row_id, {backup} AS original FROM {rel} AS t
                        WHERE t.tableoid = $3 AND t.ctid = $2),
               upd AS (UPDATE {rel} AS t SET {col} = CAST($1 AS {ty})
-                       WHERE t.tableoid = $3 AND t.ctid = $2)
-         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, original)
-         SELECT $4, $5, row_id, original FROM old",
+                       WHERE t.tableoid = $3 AND t.ctid = $2 RETURNING {backup} AS written)
+         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, original, written)
+         SELECT $4, $5, old.row_id, old.original, upd.written FROM old, upd",
         id = id.ident,
         backup = backup_expr(col, kind),
         rel = col.rel_sql,

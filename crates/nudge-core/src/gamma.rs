@@ -539,7 +539,8 @@ impl FitPass {
                 st.iter().take(k).map(|&(s, key)| (s as f64, key)).collect();
             let judged = &self.judged[e];
             let mut scored: Vec<(f64, u64)> = Vec::with_capacity(cand.len());
-            let mut ranked: Vec<u64> = Vec::with_capacity(k);
+            // (k may be far larger than anything ranked: never reserve more than can be ranked)
+            let mut ranked: Vec<u64> = Vec::with_capacity(k.min(cand.len() + statics.len()));
             let mut out = Vec::with_capacity(gammas.len());
             // top k of the moving scores in `scored` merged with the static list -> metric
             let mut finish_gamma = |scored: &mut Vec<(f64, u64)>| -> f64 {

@@ -162,14 +162,26 @@ impl Judged {
         });
         v.dedup_by_key(|p| p.0);
         let keys = v.iter().map(|p| p.0).collect();
-        let gains: Vec<f64> = v.iter().map(|p| p.1).collect();
+        let mut gains: Vec<f64> = v.iter().map(|p| p.1).collect();
         let mut ideal: Vec<f64> = gains.iter().copied().filter(|&g| g > 0.0).collect();
         ideal.sort_by(|a, b| b.partial_cmp(a).unwrap_or(Ordering::Equal));
-        let mut ideal_dcg = Vec::with_capacity(ideal.len() + 1);
-        ideal_dcg.push(0.0);
-        for (r, g) in ideal.iter().enumerate() {
-            let last = ideal_dcg[r];
-            ideal_dcg.push(last + g * discount(r));
+        let cumulative = |ideal: &[f64]| {
+            let mut dcg = Vec::with_capacity(ideal.len() + 1);
+            dcg.push(0.0);
+            for (r, g) in ideal.iter().enumerate() {
+                let last = dcg[r];
+                dcg.push(last + g * discount(r));
+            }
+            dcg
+        };
+        let mut ideal_dcg = cumulative(&ideal);
+        if !ideal_dcg.last().is_some_and(|d| d.is_finite()) {
+            // grades so large that the DCG overflows: NDCG is a ratio, so scale every gain by
+            // the largest (only then, so that ordinary grades give bit-identical values)
+            let top = ideal[0];
+            gains.iter_mut().for_each(|g| *g /= top);
+            ideal.iter_mut().for_each(|g| *g /= top);
+            ideal_dcg = cumulative(&ideal);
         }
         Judged {
             keys,

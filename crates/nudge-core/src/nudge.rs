@@ -198,6 +198,7 @@ pub(crate) fn row_new(
 /// closed form of NUDGE.md (unit). Rows that do not move (see the README's edge-case rules:
 /// `G = 0`, `gamma = 0`, and for NUDGE-N `G` parallel to `d^` or `d^.G < 0` under
 /// [`NegativeRule::Skip`]) are returned as the original `d`, bit for bit, with `changed = false`.
+/// A result that overflows f32 (a huge NUDGE-M `gamma`) is an error (`NonFinite`).
 pub fn apply(
     method: Method,
     gamma: f64,
@@ -279,6 +280,16 @@ pub fn apply(
             .zip(changed.iter_mut())
             .enumerate()
             .for_each(work);
+    }
+    // A huge NUDGE-M gamma overflows f32: report it rather than return infinities.
+    if let Some(i) = out
+        .outer_iter()
+        .position(|row| row.iter().any(|x| !x.is_finite()))
+    {
+        return Err(NudgeError::NonFinite {
+            what: format!("nudged vectors (gamma {gamma:e} is too large)"),
+            index: i,
+        });
     }
     Ok((out, changed))
 }

@@ -1,5 +1,6 @@
 -- Bad input: every call fails with a clear message and SQLSTATE, and the table is
--- byte-identical afterwards.
+-- byte-identical afterwards. real[] and double precision[] only (no pgvector needed);
+-- errors specific to pgvector's types are in nudge_vector and nudge_halfvec.
 -- try() runs a statement and shows SQLSTATE, message and hint of its error; the
 -- statement's effects are rolled back exactly as for a failed top-level call.
 SET nudge.progress = off;
@@ -14,7 +15,7 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 \pset format unaligned
 \pset tuples_only on
-CREATE TABLE e_docs AS SELECT id, embedding::vector(8) AS embedding FROM docs_arr;
+CREATE TABLE e_docs AS SELECT id, embedding FROM docs_arr;
 ALTER TABLE e_docs ADD PRIMARY KEY (id);
 SELECT checksum('e_docs', 'embedding') AS before \gset
 
@@ -25,6 +26,10 @@ SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', id_col
 -- wrong types
 CREATE TABLE e_text AS SELECT id, embedding::text AS embedding FROM e_docs;
 SELECT try($$SELECT * FROM nudge_fit('e_text', 'embedding', 'q', 'qrels')$$);
+CREATE TABLE e_int AS SELECT id, embedding::int[] AS embedding FROM e_docs;
+SELECT try($$SELECT * FROM nudge_evaluate('e_int', 'embedding', 'q', 'qrels')$$);
+CREATE TABLE q_text AS SELECT id, embedding::text AS embedding FROM q;
+SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q_text', 'qrels')$$);
 -- bad parameters
 SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', method => 'nudge_x')$$);
 SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', metric => 'ndcg@0')$$);
@@ -41,8 +46,8 @@ SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', valida
 SELECT try($$SELECT * FROM nudge_evaluate('e_docs', 'embedding', 'q', 'qrels', k => 0)$$);
 SELECT try($$SELECT * FROM nudge_evaluate('e_docs', 'embedding', 'q', 'qrels', distance => 'hamming')$$);
 -- target column problems
-ALTER TABLE e_docs ADD COLUMN t_half halfvec(8), ADD COLUMN t_vec vector(8);
-SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', gamma => 0.1, target => 't_half')$$);
+ALTER TABLE e_docs ADD COLUMN t_f8 float8[];
+SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', gamma => 0.1, target => 't_f8')$$);
 SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', gamma => 0.1, target => 'embedding')$$);
 SELECT try($$SELECT * FROM nudge_fit('e_docs', 'embedding', 'q', 'qrels', gamma => 0.1, target => 'nope')$$);
 -- labels pointing nowhere

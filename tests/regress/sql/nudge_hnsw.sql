@@ -1,4 +1,9 @@
--- A pgvector HNSW index keeps working on nudged vectors and returns the nudged neighbours.
+-- requires: pgvector >= 0.5.0
+-- A pgvector HNSW index (pgvector 0.5.0 or later) keeps working on nudged vectors and
+-- returns the nudged neighbours.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS vector;
+RESET client_min_messages;
 SET nudge.progress = off;
 CREATE TABLE h_docs AS SELECT id, embedding::vector(8) AS embedding FROM docs_arr;
 ALTER TABLE h_docs ADD PRIMARY KEY (id);

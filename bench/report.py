@@ -146,7 +146,7 @@ def hnsw_md(r):
                    f"{s(x['fit_without_index']['median'])} | {s(x['drop_fit_rebuild']['median'])} "
                    + ("(fit without index + the initial build) | " if x.get("rebuild_estimated")
                       else f"({len(x['drop_fit_rebuild']['runs'])} runs) | ")
-                   + f"{s(x['rebuild_only']['median'])} ({len(x['rebuild_only']['runs'])} runs) | "
+                   + f"{s(x['rebuild_only']['median'])} ({len(x['rebuild_only']['runs'])} run{'s' if len(x['rebuild_only']['runs']) > 1 else ''}) | "
                    f"{1000 * x['index_seconds_per_updated_row']:.2f} ms | {bes} |")
     return "\n".join(out) + "\n"
 
@@ -165,6 +165,9 @@ def plot(r):
     if ftx:
         ax.loglog(ftx, fty, "s-", label="nudge-ft 0.1.2 NUDGE-N (numpy arrays in memory)")
     ax.loglog(xs, lim, "k--", lw=1, label="arithmetic limit (1 scan + val x corpus GEMM)")
+    if ftx and max(xs) > max(ftx):
+        ax.annotate("nudge-ft at 1M: killed by the OOM killer\nat 22 GB (23.5 GiB machine; see BENCHMARKS.md)",
+                    xy=(max(xs), fit[-1]), xytext=(max(ftx) * 0.9, fty[-1] * 0.8), fontsize=7, ha="left", va="top")
     ax.set_xlabel("corpus rows (384 dims; 10k train, 1k validation queries)")
     ax.set_ylabel("fit time, s (median)")
     ax.set_title("NUDGE-N fit time vs corpus size (2 vCPU)")

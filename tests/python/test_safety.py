@@ -468,12 +468,12 @@ def _calibrate(dbname, setup):
     return spans
 
 
-@pytest.mark.parametrize("phase", ["scanning corpus", "choosing gamma"])
 # smaller batches than the cancel tests use: the scan must last long enough to aim a timeout
 # at its middle however fast the machine decodes rows
 TIMEOUT_SETUP = ["SET nudge.progress = on", "SET nudge.progress_interval = 0", "SET nudge.batch_rows = 16"]
 
 
+@pytest.mark.parametrize("phase", ["scanning corpus", "choosing gamma"])
 def test_statement_timeout_in_read_and_gamma_search(safety, phase):
     for attempt in range(3):
         lo, hi = _calibrate(SAFETY_DB, TIMEOUT_SETUP)[phase]

@@ -452,9 +452,9 @@ def test_pg_cancel_backend_in_read_and_gamma_search(safety, phase):
     canceller.close()
 
 
-def _calibrate(dbname, setup):
-    """Times (s) at which a dry run of SEARCH_FIT reports each phase: {phase: (first, last)}."""
-    call = Call(dbname, SEARCH_FIT.replace("negative_rule", "dry_run => true, negative_rule"), setup=setup)
+def _calibrate(dbname, setup, fit_sql):
+    """Times (s) at which a dry run of `fit_sql` reports each phase: {phase: (first, last)}."""
+    call = Call(dbname, fit_sql.replace("negative_rule", "dry_run => true, negative_rule"), setup=setup)
     call.start()
     call.finish()
     assert call.error is None, call.error
@@ -468,26 +468,29 @@ def _calibrate(dbname, setup):
     return spans
 
 
-# smaller batches than the cancel tests use: the scan must last long enough to aim a timeout
-# at its middle however fast the machine decodes rows
+# The statement_timeout is aimed at the middle of a phase, so the phase must last long enough
+# to aim at on a fast, quiet machine too: a corpus 8x the size of `big`, and small batches.
 TIMEOUT_SETUP = ["SET nudge.progress = on", "SET nudge.progress_interval = 0", "SET nudge.batch_rows = 16"]
+TIMEOUT_FIT = SEARCH_FIT.replace("nudge_fit('big'", "nudge_fit('big_t'")
 
 
 @pytest.mark.parametrize("phase", ["scanning corpus", "choosing gamma"])
 def test_statement_timeout_in_read_and_gamma_search(safety, phase):
+    if safety.execute("SELECT to_regclass('big_t') IS NULL").fetchone()[0]:
+        make_corpus(safety, "big_t", 8 * N, DIM)
     for attempt in range(3):
-        lo, hi = _calibrate(SAFETY_DB, TIMEOUT_SETUP)[phase]
-        before = _state(safety, "big")
+        lo, hi = _calibrate(SAFETY_DB, TIMEOUT_SETUP, TIMEOUT_FIT)[phase]
+        before = _state(safety, "big_t")
         assert hi - lo > 0.2, f"{phase} is too short to aim at: {lo:.3f}..{hi:.3f} s"
         ms = int((lo + hi) / 2 * 1000)
-        call = Call(SAFETY_DB, SEARCH_FIT, setup=TIMEOUT_SETUP + [f"SET statement_timeout = {ms}"])
+        call = Call(SAFETY_DB, TIMEOUT_FIT, setup=TIMEOUT_SETUP + [f"SET statement_timeout = {ms}"])
         call.start()
         call.finish()
         assert sqlstate(call.error) == "57014", call.error
         assert "statement timeout" in str(call.error)
-        assert _state(safety, "big") == before
+        assert _state(safety, "big_t") == before
         call.conn.execute("RESET statement_timeout")
-        assert_backend_usable(call.conn, "big")
+        assert_backend_usable(call.conn, "big_t")
         call.conn.close()
         if _landed(call) == phase:
             break

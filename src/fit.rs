@@ -236,7 +236,7 @@ fn invalid(msg: String, hint: &str) -> ! {
     raise_with(Code::ERRCODE_INVALID_PARAMETER_VALUE, msg, None, Some(hint.to_string()))
 }
 
-fn parse_config(a: &FitArgs) -> (FitConfig, Metric) {
+fn parse_config(a: &FitArgs) -> FitConfig {
     let method = Method::from_str(&a.method.to_ascii_lowercase())
         .unwrap_or_else(|_| invalid(format!("unknown method \"{}\"", a.method), "Use 'nudge_n' or 'nudge_m'."));
     let metric = Metric::from_str(&a.metric.to_ascii_lowercase()).unwrap_or_else(|_| {
@@ -274,7 +274,7 @@ fn parse_config(a: &FitArgs) -> (FitConfig, Metric) {
     if a.seed < 0 {
         invalid(format!("seed must be >= 0, not {}", a.seed), "Any non-negative integer works.");
     }
-    (FitConfig { method, selection, negative_rule }, metric)
+    FitConfig { method, selection, negative_rule }
 }
 
 fn method_name(m: Method) -> &'static str {
@@ -337,7 +337,7 @@ fn only_judged(set: QuerySet) -> QuerySet {
 
 fn run(a: &FitArgs) -> FitRow {
     let mut reporter = Reporter::new("nudge_fit");
-    let (config, _metric) = parse_config(a);
+    let config = parse_config(a);
 
     // Tables and columns.
     let corpus_sql = columns::relation_sql(a.corpus);

@@ -50,19 +50,23 @@ CREATE TABLE nudge.fits (
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 
 CREATE TABLE nudge.fit_backups (
-    fit_id   bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
-    corpus   regclass NOT NULL,
-    row_id   text     NOT NULL,
-    original float8[] NOT NULL,
-    written  float8[] NOT NULL,
-    PRIMARY KEY (fit_id, row_id)
-);
-COMMENT ON TABLE nudge.fit_backups IS 'Vectors as they were before an in-place fit wrote them (original) and as the fit wrote them (written); nudge_revert restores the originals of rows still holding what the fit wrote';
--- Backups are float8 copies of float4/float16 data: the low bytes are zeros, so pglz takes them
--- on and spends ~0.13 ms per 384-dim array compressing them, which was most of the write time
--- of a fit (bench/: 150 of 210 ms on SciFact) to save ~30% of the space. Store them as is.
+    fit_id          bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    corpus          regclass NOT NULL,
+    row_id          text     NOT NULL,
+    original        real[],
+    original_double double precision[],
+    written         bigint   NOT NULL,
+    PRIMARY KEY (fit_id, row_id),
+    CHECK ((original IS NULL) <> (original_double IS NULL))
+) WITH (toast_tuple_target = 8160);
+COMMENT ON TABLE nudge.fit_backups IS 'Vectors as they were before an in-place fit wrote them (original: real[], exact for vector, halfvec and real[] columns; original_double for double precision[] columns) and nudge_digest() of the value the fit wrote (written); nudge_revert restores the originals of rows still holding what the fit wrote';
+-- One fit writes a backup row per changed row, inside the fit's transaction, so their cost is
+-- most of a small fit's. Keep them in the heap page: toast_tuple_target lets rows up to a page
+-- (2,000 real dimensions) stay inline instead of going to the TOAST table, and STORAGE
+-- EXTERNAL keeps pglz off larger ones (compressing float data saves little and cost ~0.13 ms
+-- per 384-dim array; bench/).
 ALTER TABLE nudge.fit_backups ALTER COLUMN original SET STORAGE EXTERNAL,
-                              ALTER COLUMN written SET STORAGE EXTERNAL;
+                              ALTER COLUMN original_double SET STORAGE EXTERNAL;
 
 GRANT SELECT, INSERT ON nudge.fits TO PUBLIC;
 GRANT UPDATE (status, reverted_at) ON nudge.fits TO PUBLIC;  -- nudge_revert

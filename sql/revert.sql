@@ -100,9 +100,9 @@ BEGIN
     EXECUTE pg_catalog.format(
         'UPDATE %s AS t SET %I = CAST(%s AS %s) FROM nudge.fit_backups AS b
           WHERE b.fit_id = $1 AND b.corpus = $2 AND t.%I = CAST(b.row_id AS %s)
-            AND CAST(%s AS double precision[]) = b.written',
+            AND public.nudge_digest(%s) = b.written',
         f.corpus, f.embedding,
-        CASE kind WHEN 'array' THEN 'b.original' ELSE 'CAST(b.original AS real[])' END,
+        CASE col_type WHEN 'double precision[]' THEN 'b.original_double' ELSE 'b.original' END,
         col_type, f.id_column, id_type,
         CASE kind WHEN 'array' THEN pg_catalog.format('t.%I', f.embedding)
                   ELSE pg_catalog.format('CAST(t.%I AS real[])', f.embedding) END)

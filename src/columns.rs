@@ -37,72 +37,90 @@ pub struct Column {
     pub kind: Option<VecKind>,
 }
 
-pub fn relation_sql(rel: pg_sys::Oid) -> String {
-    // (a regclass of a dropped table prints as its OID: look it up, so that a fit recorded
-    // before its table was dropped fails here with undefined_table)
-    Spi::get_one_with_args::<String>(
-        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class AS c WHERE c.oid = $1)",
-        &[rel.into()],
-    )
-        .or_raise()
-        .unwrap_or_else(|| raise(Code::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", rel.to_u32())))
+/// A relation and all its columns, read from the catalogs with one query.
+pub struct Relation {
+    /// The relation as Postgres prints a regclass: quoted, schema-qualified when needed.
+    pub sql: String,
+    columns: Vec<Column>,
 }
 
-const COLUMN_SQL: &str = "
-SELECT format_type(a.atttypid, a.atttypmod),
+/// The relation's name and every live column with its type, in one catalog query. A regclass
+/// of a dropped table prints as its OID: looking it up in pg_class makes a fit recorded
+/// before its table was dropped fail here with undefined_table.
+const RELATION_SQL: &str = "
+SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::pg_catalog.text,
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
        CASE
-         WHEN a.atttypid = 'real[]'::regtype THEN 'real[]'
-         WHEN a.atttypid = 'double precision[]'::regtype THEN 'double precision[]'
+         WHEN a.atttypid = 'real[]'::pg_catalog.regtype THEN 'real[]'
+         WHEN a.atttypid = 'double precision[]'::pg_catalog.regtype THEN 'double precision[]'
          WHEN t.typname IN ('vector', 'halfvec') AND EXISTS (
-              SELECT 1 FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
-               WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
-                 AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+              SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+               WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+                 AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'
                  AND e.extname = 'vector')
-           THEN t.typname::text
+           THEN t.typname::pg_catalog.text
        END
-  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
- WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped";
+  FROM pg_catalog.pg_class c
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+ WHERE c.oid = $1";
 
-/// Look up a column; `None` if the relation has no such column.
-pub fn find_column(rel: pg_sys::Oid, rel_sql: &str, name: &str) -> Option<Column> {
-    let (type_sql, kind) = match Spi::get_two_with_args::<String, String>(COLUMN_SQL, &[rel.into(), name.into()]) {
-        Ok(v) => v,
-        Err(pgrx::spi::Error::InvalidPosition) => return None,
-        Err(e) => raise(Code::ERRCODE_INTERNAL_ERROR, format!("nudge: looking up column \"{name}\" failed: {e}")),
-    };
-    let type_sql = type_sql?;
-    let kind = match kind.as_deref() {
-        Some("vector") => Some(VecKind::Vector),
-        Some("halfvec") => Some(VecKind::Halfvec),
-        Some("real[]") => Some(VecKind::Real),
-        Some("double precision[]") => Some(VecKind::Double),
-        _ => None,
-    };
-    Some(Column { rel_sql: rel_sql.to_string(), name: name.to_string(), ident: quote_identifier(name), type_sql, kind })
+pub fn relation(rel: pg_sys::Oid) -> Relation {
+    let mut sql = None;
+    let mut columns = Vec::new();
+    Spi::connect(|client| {
+        let rows = client.select(RELATION_SQL, None, &[rel.into()]).or_raise();
+        for row in rows {
+            let rel_sql: String = row.get(1).or_raise().unwrap_or_default();
+            let name: Option<String> = row.get(2).or_raise();
+            let type_sql: Option<String> = row.get(3).or_raise();
+            let kind = match row.get::<String>(4).or_raise().as_deref() {
+                Some("vector") => Some(VecKind::Vector),
+                Some("halfvec") => Some(VecKind::Halfvec),
+                Some("real[]") => Some(VecKind::Real),
+                Some("double precision[]") => Some(VecKind::Double),
+                _ => None,
+            };
+            if let (Some(name), Some(type_sql)) = (name, type_sql) {
+                let ident = quote_identifier(&name);
+                columns.push(Column { rel_sql: rel_sql.clone(), name, ident, type_sql, kind });
+            }
+            sql = Some(rel_sql);
+        }
+    });
+    let sql = sql.unwrap_or_else(|| raise(Code::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", rel.to_u32())));
+    Relation { sql, columns }
 }
 
-/// A column that must exist.
-pub fn column(rel: pg_sys::Oid, rel_sql: &str, name: &str, role: &str) -> Column {
-    find_column(rel, rel_sql, name).unwrap_or_else(|| {
-        raise_with(
-            Code::ERRCODE_UNDEFINED_COLUMN,
-            format!("column \"{name}\" of relation {rel_sql} does not exist"),
-            None,
-            Some(format!("nudge needs {role}; a view can rename columns of another shape.")),
-        )
-    })
-}
+impl Relation {
+    /// Look up a column by its exact name; `None` if the relation has no such column.
+    pub fn find(&self, name: &str) -> Option<Column> {
+        self.columns.iter().find(|c| c.name == name).cloned()
+    }
 
-/// A column that must hold embeddings: vector, halfvec, real[] or double precision[].
-pub fn vector_column(rel: pg_sys::Oid, rel_sql: &str, name: &str, role: &str) -> (Column, VecKind) {
-    let col = column(rel, rel_sql, name, role);
-    match col.kind {
-        Some(kind) => (col, kind),
-        None => raise_with(
-            Code::ERRCODE_DATATYPE_MISMATCH,
-            format!("column \"{}\" of relation {} has type {}, not an embedding type", col.name, col.rel_sql, col.type_sql),
-            None,
-            Some("Embeddings must be real[], double precision[], or pgvector's vector or halfvec (halfvec needs pgvector 0.7.0 or later).".into()),
-        ),
+    /// A column that must exist.
+    pub fn column(&self, name: &str, role: &str) -> Column {
+        self.find(name).unwrap_or_else(|| {
+            raise_with(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{name}\" of relation {} does not exist", self.sql),
+                None,
+                Some(format!("nudge needs {role}; a view can rename columns of another shape.")),
+            )
+        })
+    }
+
+    /// A column that must hold embeddings: vector, halfvec, real[] or double precision[].
+    pub fn vector_column(&self, name: &str, role: &str) -> (Column, VecKind) {
+        let col = self.column(name, role);
+        match col.kind {
+            Some(kind) => (col, kind),
+            None => raise_with(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("column \"{}\" of relation {} has type {}, not an embedding type", col.name, col.rel_sql, col.type_sql),
+                None,
+                Some("Embeddings must be real[], double precision[], or pgvector's vector or halfvec (halfvec needs pgvector 0.7.0 or later).".into()),
+            ),
+        }
     }
 }

@@ -73,14 +73,15 @@ fn evaluate(
         )
     });
     let mut reporter = Reporter::new("nudge_evaluate");
-    let corpus_sql = columns::relation_sql(corpus);
-    let id = columns::column(corpus, &corpus_sql, id_column, "the id column that qrels.doc_id refers to");
-    let (emb, kind) = columns::vector_column(corpus, &corpus_sql, embedding, "an embedding column");
-    let queries_sql = columns::relation_sql(queries);
-    let qrels_sql = columns::relation_sql(qrels);
+    let corpus_rel = columns::relation(corpus);
+    let corpus_sql = corpus_rel.sql.clone();
+    let id = corpus_rel.column(id_column, "the id column that qrels.doc_id refers to");
+    let (emb, kind) = corpus_rel.vector_column(embedding, "an embedding column");
+    let (queries_rel, qrels_rel) = (columns::relation(queries), columns::relation(qrels));
+    let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
-    let q = read::read_queries(queries, &queries_sql, &mut dim);
-    let labels = read::read_qrels(qrels, &qrels_sql);
+    let q = read::read_queries(&queries_rel, &mut dim);
+    let labels = read::read_qrels(&qrels_rel);
     let mut index = HashMap::new();
     for (i, qid) in q.ids.iter().enumerate() {
         if index.insert(qid.as_str(), i as u32).is_some() {

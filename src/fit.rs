@@ -340,11 +340,12 @@ fn run(a: &FitArgs) -> FitRow {
     let config = parse_config(a);
 
     // Tables and columns.
-    let corpus_sql = columns::relation_sql(a.corpus);
-    let id = columns::column(a.corpus, &corpus_sql, a.id_column, "the id column that qrels.doc_id refers to");
-    let (emb, kind) = columns::vector_column(a.corpus, &corpus_sql, a.embedding, "an embedding column");
+    let corpus = columns::relation(a.corpus);
+    let corpus_sql = corpus.sql.clone();
+    let id = corpus.column(a.id_column, "the id column that qrels.doc_id refers to");
+    let (emb, kind) = corpus.vector_column(a.embedding, "an embedding column");
     let target = a.target.map(|t| {
-        let col = columns::column(a.corpus, &corpus_sql, t, "the target column");
+        let col = corpus.column(t, "the target column");
         if col.name == emb.name {
             invalid(format!("target column \"{t}\" is the embedding column"), "Leave target NULL to write in place.");
         }
@@ -374,18 +375,19 @@ fn run(a: &FitArgs) -> FitRow {
 
     // Queries and labels.
     reporter.report("reading queries", 0, None);
-    let queries_sql = columns::relation_sql(a.queries);
-    let qrels_sql = columns::relation_sql(a.qrels);
+    let queries_rel = columns::relation(a.queries);
+    let qrels_rel = columns::relation(a.qrels);
+    let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
-    let q_all = read::read_queries(a.queries, &queries_sql, &mut dim);
-    let labels = read::read_qrels(a.qrels, &qrels_sql);
+    let q_all = read::read_queries(&queries_rel, &mut dim);
+    let labels = read::read_qrels(&qrels_rel);
     let mut keys: HashMap<String, u64> = HashMap::new();
     let (train, validation) = match a.validation {
         Some((vq, vr)) => {
-            let vq_sql = columns::relation_sql(vq);
-            let vr_sql = columns::relation_sql(vr);
-            let q_val = read::read_queries(vq, &vq_sql, &mut dim);
-            let val_labels = read::read_qrels(vr, &vr_sql);
+            let (vq_rel, vr_rel) = (columns::relation(vq), columns::relation(vr));
+            let (vq_sql, vr_sql) = (vq_rel.sql.clone(), vr_rel.sql.clone());
+            let q_val = read::read_queries(&vq_rel, &mut dim);
+            let val_labels = read::read_qrels(&vr_rel);
             let train_index = index_ids(q_all.ids.iter(), &queries_sql);
             let train_qrels = read::qrels_for(&labels, &train_index, &mut keys, &qrels_sql, &queries_sql);
             let val_index = index_ids(q_val.ids.iter(), &vq_sql);
@@ -491,7 +493,10 @@ fn run(a: &FitArgs) -> FitRow {
                 let current = buf.len() - dim;
                 // A row still holding what the last fit wrote starts from its original; a row
                 // the application changed since starts from its new value.
-                match originals.get(rid.as_str()).filter(|o| same_bits(&buf[current..], &o.written) && o.original.len() == dim) {
+                let holds_written = |o: &&Original| {
+                    o.original.len() == dim && o.written == read::digest_of(b.datum(row, 2), kind, &buf[current..])
+                };
+                match originals.get(rid.as_str()).filter(holds_written) {
                     Some(o) => {
                         buf.truncate(current);
                         buf.extend_from_slice(&o.original);
@@ -637,15 +642,13 @@ pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
         .map(|r| r as u64)
 }
 
-/// A row that applied in-place fits of this column changed: the value the newest of them
-/// wrote, and the row's value before the oldest fit in the unbroken chain of fits back from it.
+/// A row that applied in-place fits of this column changed: the digest of the value the
+/// newest of them wrote, and the row's value before the oldest fit in the unbroken chain of
+/// fits back from it (with its digest).
 struct Original {
-    written: Vec<f32>,
+    written: i64,
     original: Vec<f32>,
-}
-
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    original_digest: i64,
 }
 
 /// Originals of rows that applied in-place fits of this column changed. Each fit backs up the
@@ -654,7 +657,8 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 /// application changed the row in between, and that value is the row's original.
 fn read_originals(corpus: pg_sys::Oid, emb: &Column) -> HashMap<String, Original> {
     let mut out: HashMap<String, Original> = HashMap::new();
-    let sql = "SELECT b.row_id, b.original, b.written
+    let sql = "SELECT b.row_id, COALESCE(b.original, CAST(b.original_double AS real[])), b.written,
+                      COALESCE(public.nudge_digest(b.original), public.nudge_digest(b.original_double))
                  FROM nudge.fit_backups b JOIN nudge.fits f ON f.fit_id = b.fit_id AND f.corpus = b.corpus
                 WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.embedding_type = $3
                   AND f.target IS NULL AND f.status = 'applied'
@@ -664,20 +668,21 @@ fn read_originals(corpus: pg_sys::Oid, emb: &Column) -> HashMap<String, Original
         for row in 0..b.len() {
             let rid = b.text(row, 1).unwrap_or_default();
             let what = || format!("backup of row {rid:?}");
-            let (mut original, mut written) = (Vec::new(), Vec::new());
-            push_embedding(b.datum(row, 2), VecKind::Double, &mut 0, &mut original, &what);
-            push_embedding(b.datum(row, 3), VecKind::Double, &mut 0, &mut written, &what);
+            let mut original = Vec::new();
+            push_embedding(b.datum(row, 2), VecKind::Real, &mut 0, &mut original, &what);
+            let (written, original_digest) = (b.int8(row, 3).unwrap_or_default(), b.int8(row, 4).unwrap_or_default());
             match &mut current {
                 Some((id, unbroken)) if *id == rid => {
                     let o = out.get_mut(&rid).expect("newest backup of this row was kept");
-                    if *unbroken && same_bits(&written, &o.original) {
+                    if *unbroken && written == o.original_digest {
                         o.original = original;
+                        o.original_digest = original_digest;
                     } else {
                         *unbroken = false;
                     }
                 }
                 _ => {
-                    out.insert(rid.clone(), Original { written, original });
+                    out.insert(rid.clone(), Original { written, original, original_digest });
                     current = Some((rid, true));
                 }
             }

@@ -2,8 +2,9 @@
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-/// Rows fetched from the corpus per batch (memory: batch_rows x dim x 4 bytes).
-pub static BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(8192);
+/// Rows fetched from the corpus per batch (memory: about 2 x batch_rows x dim x 4 bytes). Small
+/// batches keep the memory warm between batches: 1024 fitted SciFact ~15% faster than 8192 (bench/).
+pub static BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// Worker threads for the maths; 0 means one per CPU.
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Report progress of long fits and evaluations as NOTICEs.

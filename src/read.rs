@@ -15,7 +15,7 @@ use ndarray::Array2;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
-use crate::columns::{Column, VecKind};
+use crate::columns::{Column, Relation, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::guc;
 
@@ -185,6 +185,20 @@ pub fn push_embedding(
     }
 }
 
+/// `nudge_digest` of an embedding value already decoded into `values`: for double precision[]
+/// the digest is taken over the exact stored values, which `values` has rounded to f32.
+pub fn digest_of(datum: Option<pg_sys::Datum>, kind: VecKind, values: &[f32]) -> i64 {
+    match (kind, datum) {
+        (VecKind::Double, Some(d)) => unsafe {
+            let ptr = pg_sys::pg_detoast_datum(d.cast_mut_ptr::<pg_sys::varlena>()) as *const u8;
+            // (a value that decoded without error: a one-dimensional array without NULLs)
+            let data = ptr.add(24);
+            nudge_core::digest::digest((0..values.len()).map(|i| std::ptr::read_unaligned(data.add(8 * i) as *const f64)))
+        },
+        _ => nudge_core::digest::digest_f32(values),
+    }
+}
+
 /// One fetched batch of rows, read with `SPI_getbinval` (no per-row allocation).
 pub struct Batch {
     table: *mut pg_sys::SPITupleTable,
@@ -210,6 +224,10 @@ impl Batch {
 
     pub fn text(&self, row: usize, col: i32) -> Option<String> {
         self.datum(row, col).and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+
+    pub fn int8(&self, row: usize, col: i32) -> Option<i64> {
+        self.datum(row, col).and_then(|d| unsafe { i64::from_datum(d, false) })
     }
 
     pub fn float8(&self, row: usize, col: i32) -> Option<f64> {
@@ -254,10 +272,10 @@ pub fn text_expr(col: &Column) -> String {
 
 /// Queries table: `id` and `embedding`, ordered by id so that the seeded split is
 /// reproducible. Returns ids (as text) and vectors.
-pub fn read_queries(rel: pg_sys::Oid, rel_sql: &str, dim: &mut usize) -> Vectors {
-    let id = crate::columns::column(rel, rel_sql, "id", "a column \"id\" in the queries table");
-    let (emb, kind) =
-        crate::columns::vector_column(rel, rel_sql, "embedding", "a column \"embedding\" in the queries table");
+pub fn read_queries(rel: &Relation, dim: &mut usize) -> Vectors {
+    let rel_sql = rel.sql.as_str();
+    let id = rel.column("id", "a column \"id\" in the queries table");
+    let (emb, kind) = rel.vector_column("embedding", "a column \"embedding\" in the queries table");
     let sql = format!("SELECT {}, {} FROM {} ORDER BY {}", text_expr(&id), emb.ident, rel_sql, id.ident);
     let mut out = Vectors::new(0);
     for_each_batch(&sql, &[], |table| {
@@ -280,10 +298,12 @@ pub struct Label {
 
 /// Labels table: `query_id`, `doc_id` and an optional numeric `score` (grade; NULL or
 /// missing means 1). Grades <= 0 are kept (they mark judged non-relevant records).
-pub fn read_qrels(rel: pg_sys::Oid, rel_sql: &str) -> Vec<Label> {
-    let q = crate::columns::column(rel, rel_sql, "query_id", "a column \"query_id\" in the qrels table");
-    let d = crate::columns::column(rel, rel_sql, "doc_id", "a column \"doc_id\" in the qrels table");
-    let score = crate::columns::find_column(rel, rel_sql, "score")
+pub fn read_qrels(rel: &Relation) -> Vec<Label> {
+    let rel_sql = rel.sql.as_str();
+    let q = rel.column("query_id", "a column \"query_id\" in the qrels table");
+    let d = rel.column("doc_id", "a column \"doc_id\" in the qrels table");
+    let score = rel
+        .find("score")
         .map(|s| format!("COALESCE(CAST({} AS double precision), 1)", s.ident))
         .unwrap_or_else(|| "1::double precision".into());
     let sql = format!("SELECT {}, {}, {} FROM {}", text_expr(&q), text_expr(&d), score, rel_sql);

@@ -2,8 +2,12 @@
 //!
 //! In place: each written row's previous value goes to `nudge.fit_backups` in the same
 //! statement that overwrites it (a data-modifying CTE), so a backup exists for exactly the
-//! rows changed. The backup also keeps the value as stored (`written`), so that later fits
-//! and nudge_revert can tell a row the application changed since from one the fit wrote. Rows are addressed by (tableoid, ctid) captured during the read; the fit
+//! rows changed. Beside the previous value the backup keeps `nudge_digest` of the value as
+//! stored (`written`), so that later fits and nudge_revert can tell a row the application
+//! changed since from one still holding what the fit wrote. Previous values are kept as
+//! `real[]` (exact for vector, halfvec and real[] columns; ~1.6 KB at 384 dimensions, so the
+//! backup row stays inline in its page) or, for double precision[] columns, in
+//! `original_double`. Rows are addressed by (tableoid, ctid) captured during the read; the fit
 //! holds SHARE ROW EXCLUSIVE on the table from before the read until commit, so those
 //! addresses cannot move underneath it.
 //!
@@ -31,14 +35,31 @@ fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
     t
 }
 
-/// The column value as float8[] (exact for every supported type).
-fn backup_expr(col: &Column, kind: VecKind) -> String {
+/// The column value as stored in the backup (`real[]`, or `double precision[]` for those
+/// columns), and the backup column it goes to.
+fn backup_expr(col: &Column, kind: VecKind) -> (String, &'static str) {
     match kind {
-        VecKind::Vector | VecKind::Halfvec => format!("CAST(CAST(t.{} AS real[]) AS double precision[])", col.ident),
-        VecKind::Real => format!("CAST(t.{} AS double precision[])", col.ident),
-        VecKind::Double => format!("t.{}", col.ident),
+        VecKind::Vector | VecKind::Halfvec => (format!("CAST(t.{} AS real[])", col.ident), "original"),
+        VecKind::Real => (format!("t.{}", col.ident), "original"),
+        VecKind::Double => (format!("t.{}", col.ident), "original_double"),
     }
 }
+
+/// `nudge_digest(values)`: the digest `nudge.fit_backups.written` holds (see
+/// `nudge_core::digest`). NULL elements digest as a value no float has.
+#[pg_extern(immutable, strict, parallel_safe, name = "nudge_digest")]
+fn nudge_digest_real(values: Array<'_, f32>) -> i64 {
+    nudge_core::digest::digest(values.iter().map(|v| v.map_or(NULL_ELEMENT, |x| x as f64)))
+}
+
+/// `nudge_digest(values)` for double precision[]; equal to the real[] digest of the same values.
+#[pg_extern(immutable, strict, parallel_safe, name = "nudge_digest")]
+fn nudge_digest_double(values: Array<'_, f64>) -> i64 {
+    nudge_core::digest::digest(values.iter().map(|v| v.unwrap_or(NULL_ELEMENT)))
+}
+
+/// Stand-in for a NULL element: a NaN payload no stored vector holds (nudge never writes NaN).
+const NULL_ELEMENT: f64 = f64::from_bits(0x7FF8_0000_DEAD_0001);
 
 /// Overwrite `col` in place for `rows`, backing up the previous values under `fit_id`.
 pub fn write_in_place(
@@ -54,6 +75,7 @@ pub fn write_in_place(
     // start-up each, half of a SciFact fit; bench/): the addresses come in as arrays, the
     // vectors as one flat real[] sliced per row (a slice's lower bound is 1), and a
     // parameterized TID scan finds each row.
+    let (backup, backup_col) = backup_expr(col, kind);
     let sql = format!(
         "WITH input AS (SELECT u.tid, u.toid, u.ord
                           FROM unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)),
@@ -61,12 +83,11 @@ pub fn write_in_place(
                         FROM {rel} AS t JOIN input AS i ON t.tableoid = i.toid AND t.ctid = i.tid),
               upd AS (UPDATE {rel} AS t SET {col} = CAST($1[(i.ord - 1) * $6 + 1 : i.ord * $6] AS {ty})
                         FROM input AS i WHERE t.tableoid = i.toid AND t.ctid = i.tid
-                      RETURNING i.tid, i.toid, {backup} AS written)
-         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, original, written)
+                      RETURNING i.tid, i.toid, public.nudge_digest({backup}) AS written)
+         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
          SELECT $4, $5, old.row_id, old.original, upd.written
            FROM old JOIN upd ON old.tid = upd.tid AND old.toid = upd.toid",
         id = id.ident,
-        backup = backup_expr(col, kind),
         rel = col.rel_sql,
         col = col.ident,
         ty = col.type_sql,

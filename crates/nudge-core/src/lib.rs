@@ -17,6 +17,7 @@
 //! * No public function panics on bad input: every input is validated and reported as a
 //!   typed `NudgeError`.
 
+pub mod digest;
 pub mod error;
 pub mod exec;
 pub mod gamma;

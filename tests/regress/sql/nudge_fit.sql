@@ -87,6 +87,24 @@ SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_
 SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_arr'::regclass AND status = 'applied';
 SELECT checksum('docs_arr', 'embedding') = :'before_arr' AS arr_back_to_original_values;
 
+-- double precision[] values that real cannot hold: backups, refits and reverts keep every bit
+CREATE TABLE docs_f8x AS
+SELECT id, ARRAY(SELECT x + 1e-12 * id FROM unnest(embedding) x) AS embedding FROM docs_f8;
+ALTER TABLE docs_f8x ADD PRIMARY KEY (id);
+CREATE TABLE docs_f8x_before AS SELECT * FROM docs_f8x;
+SELECT count(*) AS not_real FROM docs_f8x WHERE embedding <> embedding::real[]::float8[];
+SELECT records_changed FROM nudge_fit('docs_f8x', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT checksum('docs_f8x', 'embedding') AS fitted_f8x \gset
+SELECT count(*) AS backups, count(*) FILTER (WHERE b.original_double = d.embedding) AS exact
+  FROM nudge.fit_backups b JOIN docs_f8x_before d ON d.id = b.row_id::int
+ WHERE b.corpus = 'docs_f8x'::regclass AND b.original IS NULL;
+SELECT records_changed FROM nudge_fit('docs_f8x', 'embedding', 'q', 'qrels', gamma => 0.2);
+SELECT checksum('docs_f8x', 'embedding') = :'fitted_f8x' AS refit_from_originals;
+SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_f8x'::regclass AND status = 'applied';
+SELECT nudge_revert(max(fit_id)) > 0 AS ok FROM nudge.fits WHERE corpus = 'docs_f8x'::regclass AND status = 'applied';
+SELECT count(*) AS rows, count(*) FILTER (WHERE a.embedding = b.embedding) AS restored_exactly
+  FROM docs_f8x a JOIN docs_f8x_before b USING (id);
+
 -- target column: filled for every row, source untouched
 CREATE TABLE docs_t AS SELECT * FROM docs_arr;
 ALTER TABLE docs_t ADD COLUMN nudged real[];

@@ -118,12 +118,12 @@ SELECT t('SELECT nudge_revert(' || :owner_fit || ')');
 SELECT count(*) AS outsider_sees_backups FROM nudge.fit_backups;
 SELECT count(*) > 0 AS outsider_sees_fit_metadata FROM nudge.fits WHERE fit_id = :owner_fit;
 SELECT t($$TRUNCATE nudge.fit_backups$$, 'nudge.fit_backups');
-SELECT t($$UPDATE nudge.fit_backups SET original = written$$, 'nudge.fit_backups');
+SELECT t($$UPDATE nudge.fit_backups SET written = written + 1$$, 'nudge.fit_backups');
 -- planting: a backup under someone else's fit, and a backup naming a table it owns
 CREATE TABLE mine (id int PRIMARY KEY, embedding real[]);
 INSERT INTO mine VALUES (5, '{9,9,9,9}');
-SELECT t('INSERT INTO nudge.fit_backups VALUES (' || :owner_fit || $$, 'priv.mine', '5', '{9,9,9,9}', '{9,9,9,9}')$$, 'nudge.fit_backups');
-SELECT t('INSERT INTO nudge.fit_backups VALUES (' || :owner_fit || $$, 'priv.docs', '5', '{9,9,9,9}', '{9,9,9,9}')$$, 'nudge.fit_backups');
+SELECT t('INSERT INTO nudge.fit_backups VALUES (' || :owner_fit || $$, 'priv.mine', '5', '{9,9,9,9}', NULL, 0)$$, 'nudge.fit_backups');
+SELECT t('INSERT INTO nudge.fit_backups VALUES (' || :owner_fit || $$, 'priv.docs', '5', '{9,9,9,9}', NULL, 0)$$, 'nudge.fit_backups');
 RESET ROLE;
 
 -- == a role with SELECT on the corpus and UPDATE on a table of its own (the two roles above
@@ -137,7 +137,7 @@ SELECT t($$INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embeddi
              records_changed, rows_written, seconds, status)
            VALUES (currval('nudge.fits_fit_id_seq'), 'priv.docs', 'id', 'embedding', 'real[]', 'priv.q', 'priv.qrels',
              'nudge_n', 'fixed', 'skip', 0.1, 1, 0, 1, 1, 1, 0, 'dry_run')$$);
-SELECT t($$INSERT INTO nudge.fit_backups VALUES (currval('nudge.fits_fit_id_seq'), 'priv.mine', '5', '{9,9,9,9}', '{9,9,9,9}')$$, 'nudge.fit_backups');
+SELECT t($$INSERT INTO nudge.fit_backups VALUES (currval('nudge.fits_fit_id_seq'), 'priv.mine', '5', '{9,9,9,9}', NULL, 0)$$, 'nudge.fit_backups');
 SELECT t($$UPDATE nudge.fits SET status = 'applied' WHERE fit_id = currval('nudge.fits_fit_id_seq')$$, 'nudge.fits');
 RESET ROLE;
 REVOKE nudge_outsider FROM nudge_reader;

@@ -12,13 +12,15 @@ use crate::guc;
 
 thread_local! {
     static POOL: RefCell<Option<(usize, Rc<rayon::ThreadPool>)>> = const { RefCell::new(None) };
+    /// CPUs available to the backend (std reads the cgroup limits on every call: ~0.1 ms).
+    static CPUS: usize = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 }
 
 /// The worker pool for `nudge.threads` (built once per backend and size).
 pub fn pool() -> Rc<rayon::ThreadPool> {
     let wanted = match guc::THREADS.get() {
         n if n > 0 => n as usize,
-        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        _ => CPUS.with(|n| *n),
     };
     POOL.with(|cell| {
         let mut slot = cell.borrow_mut();

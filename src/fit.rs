@@ -657,14 +657,26 @@ struct Original {
 /// application changed the row in between, and that value is the row's original.
 fn read_originals(corpus: pg_sys::Oid, emb: &Column) -> HashMap<String, Original> {
     let mut out: HashMap<String, Original> = HashMap::new();
+    // (two simple queries rather than a join: most fits find no applied fit, and the first
+    // one is all they plan)
+    let fits = Spi::get_one_with_args::<Vec<i64>>(
+        "SELECT array_agg(f.fit_id) FROM nudge.fits f
+          WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.embedding_type = $3
+            AND f.target IS NULL AND f.status = 'applied'",
+        &[corpus.into(), emb.name.clone().into(), emb.type_sql.clone().into()],
+    )
+    .or_raise()
+    .unwrap_or_default();
+    if fits.is_empty() {
+        return out;
+    }
     let sql = "SELECT b.row_id, COALESCE(b.original, CAST(b.original_double AS real[])), b.written,
                       COALESCE(public.nudge_digest(b.original), public.nudge_digest(b.original_double))
-                 FROM nudge.fit_backups b JOIN nudge.fits f ON f.fit_id = b.fit_id AND f.corpus = b.corpus
-                WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.embedding_type = $3
-                  AND f.target IS NULL AND f.status = 'applied'
+                 FROM nudge.fit_backups b
+                WHERE b.fit_id = ANY($1) AND b.corpus = $2::oid::regclass
                 ORDER BY b.row_id, b.fit_id DESC";
     let mut current: Option<(String, bool)> = None; // row id, chain unbroken
-    read::for_each_batch(sql, &[corpus.into(), emb.name.clone().into(), emb.type_sql.clone().into()], |b| {
+    read::for_each_batch(sql, &[fits.into(), corpus.into()], |b| {
         for row in 0..b.len() {
             let rid = b.text(row, 1).unwrap_or_default();
             let what = || format!("backup of row {rid:?}");

@@ -35,13 +35,13 @@ fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
     t
 }
 
-/// The column value as stored in the backup (`real[]`, or `double precision[]` for those
-/// columns), and the backup column it goes to.
-fn backup_expr(col: &Column, kind: VecKind) -> (String, &'static str) {
+/// The value of column `col` of row alias `t` as stored in the backup (`real[]`, or
+/// `double precision[]` for those columns), and the backup column it goes to.
+fn backup_expr(t: &str, col: &Column, kind: VecKind) -> (String, &'static str) {
     match kind {
-        VecKind::Vector | VecKind::Halfvec => (format!("CAST(t.{} AS real[])", col.ident), "original"),
-        VecKind::Real => (format!("t.{}", col.ident), "original"),
-        VecKind::Double => (format!("t.{}", col.ident), "original_double"),
+        VecKind::Vector | VecKind::Halfvec => (format!("CAST({t}.{} AS real[])", col.ident), "original"),
+        VecKind::Real => (format!("{t}.{}", col.ident), "original"),
+        VecKind::Double => (format!("{t}.{}", col.ident), "original_double"),
     }
 }
 
@@ -75,22 +75,43 @@ pub fn write_in_place(
     // start-up each, half of a SciFact fit; bench/): the addresses come in as arrays, the
     // vectors as one flat real[] sliced per row (a slice's lower bound is 1), and a
     // parameterized TID scan finds each row.
-    let (backup, backup_col) = backup_expr(col, kind);
+    let (backup_col, input, set) = (
+        backup_expr("t", col, kind).1,
+        "input AS (SELECT u.tid, u.toid, u.ord FROM unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord))",
+        format!(
+            "UPDATE {rel} AS t SET {col} = CAST($1[(i.ord - 1) * $6 + 1 : i.ord * $6] AS {ty})
+               FROM input AS i WHERE t.tableoid = i.toid AND t.ctid = i.tid",
+            rel = col.rel_sql,
+            col = col.ident,
+            ty = col.type_sql,
+        ),
+    );
+    // PostgreSQL 18 returns the old and the new row from the UPDATE itself; before it, the
+    // old values are read in a second scan of the same rows.
+    #[cfg(feature = "pg18")]
     let sql = format!(
-        "WITH input AS (SELECT u.tid, u.toid, u.ord
-                          FROM unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)),
-              old AS (SELECT t.ctid AS tid, t.tableoid AS toid, t.{id}::text AS row_id, {backup} AS original
+        "WITH {input},
+              upd AS ({set}
+                      RETURNING old.{id}::text AS row_id, {original} AS original, public.nudge_digest({written}) AS written)
+         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
+         SELECT $4, $5, row_id, original, written FROM upd",
+        id = id.ident,
+        original = backup_expr("old", col, kind).0,
+        written = backup_expr("new", col, kind).0,
+    );
+    #[cfg(not(feature = "pg18"))]
+    let sql = format!(
+        "WITH {input},
+              old AS (SELECT t.ctid AS tid, t.tableoid AS toid, t.{id}::text AS row_id, {original} AS original
                         FROM {rel} AS t JOIN input AS i ON t.tableoid = i.toid AND t.ctid = i.tid),
-              upd AS (UPDATE {rel} AS t SET {col} = CAST($1[(i.ord - 1) * $6 + 1 : i.ord * $6] AS {ty})
-                        FROM input AS i WHERE t.tableoid = i.toid AND t.ctid = i.tid
-                      RETURNING i.tid, i.toid, public.nudge_digest({backup}) AS written)
+              upd AS ({set}
+                      RETURNING i.tid, i.toid, public.nudge_digest({original}) AS written)
          INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
          SELECT $4, $5, old.row_id, old.original, upd.written
            FROM old JOIN upd ON old.tid = upd.tid AND old.toid = upd.toid",
         id = id.ident,
         rel = col.rel_sql,
-        col = col.ident,
-        ty = col.type_sql,
+        original = backup_expr("t", col, kind).0,
     );
     if rows.is_empty() {
         return 0;

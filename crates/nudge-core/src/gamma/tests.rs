@@ -239,6 +239,28 @@ fn one_pass_metric_equals_full_rerank() {
     }
 }
 
+/// The grid sweep (each gamma scores only the candidates whose range covers it) equals a full
+/// re-rank at every grid point, across the switch to x = g and for duplicated G rows.
+#[test]
+fn grid_sweep_equals_full_rerank_at_every_point() {
+    for (seed, unit) in [(3u64, true), (4, false)] {
+        let d = make_data(seed, 200, 6, 70, unit);
+        for cfg in configs().into_iter().filter(|c| c.method == Method::NudgeN) {
+            for metric in [Metric::Ndcg(10), Metric::Top1, Metric::Recall(3)] {
+                let cfg = FitConfig { selection: Selection::Best(metric), ..cfg };
+                let fp = fit_pass(&d, cfg, 29);
+                let prep = fp.prepare().unwrap();
+                let grid: Vec<f64> = (0..=400).map(|i| 4.0 * i as f64 / 400.0).collect();
+                let swept = fp.eval_grid(&prep, &grid, metric, &mut Hooks::noop()).unwrap();
+                for (&g, &v) in grid.iter().zip(&swept) {
+                    let brute = brute_metric(&d, cfg, g, metric, false);
+                    assert!((v - brute).abs() < 1e-9, "{cfg:?} {metric} gamma {g}: sweep {v} vs brute {brute}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn best_selection_picks_middle_of_best_region() {
     let d = make_data(5, 300, 8, 120, true);

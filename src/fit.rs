@@ -466,11 +466,12 @@ fn run(a: &FitArgs) -> FitRow {
     // The backend's thread reads and decodes the next batch (only it may call Postgres) while
     // a worker pushes the previous one through the maths (pusher); buffers go round.
     let pusher = Pusher::start(pass, dim);
+    let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
+    let (mut batch_keys, mut buf) = pusher.empty_buffers();
     {
-        read::for_each_batch(&scan, &[], |b| {
-            let (mut batch_keys, mut buf) = pusher.empty_buffers();
-            for row in 0..b.len() {
-                let rid = b.text(row, 1).unwrap_or_else(|| {
+        read::for_each_row(&scan, |b| {
+            {
+                let rid = b.text(1).unwrap_or_else(|| {
                     raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {corpus_sql} is NULL in some row", id.name))
                 });
                 let key = match key_of.get(rid.as_str()) {
@@ -489,19 +490,19 @@ fn run(a: &FitArgs) -> FitRow {
                 };
                 ordinal += 1;
                 let what = || format!("embedding of row {rid:?} in {corpus_sql}");
-                push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &what);
+                push_embedding(b.datum(2), kind, &mut dim, &mut buf, &what);
                 let current = buf.len() - dim;
                 // A row still holding what the last fit wrote starts from its original; a row
                 // the application changed since starts from its new value.
                 let holds_written = |o: &&Original| {
-                    o.original.len() == dim && o.written == read::digest_of(b.datum(row, 2), kind, &buf[current..])
+                    o.original.len() == dim && o.written == read::digest_of(b.datum(2), kind, &buf[current..])
                 };
                 match originals.get(rid.as_str()).filter(holds_written) {
                     Some(o) => {
                         buf.truncate(current);
                         buf.extend_from_slice(&o.original);
                         if writing {
-                            let (toid, tid) = (b.datum(row, 3), b.tid(row, 4));
+                            let (toid, tid) = (b.datum(3), b.tid(4));
                             let toid = toid.map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
                             prev_moved.push((toid, tid.unwrap(), rid.clone(), key));
                         }
@@ -518,15 +519,21 @@ fn run(a: &FitArgs) -> FitRow {
                     }
                 }
                 if writing && moving_keys.contains(&key) {
-                    let toid = b.datum(row, 3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
-                    addr.insert(key, (toid, b.tid(row, 4).unwrap(), rid));
+                    let toid = b.datum(3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
+                    addr.insert(key, (toid, b.tid(4).unwrap(), rid));
                 }
                 batch_keys.push(key);
             }
-            pusher.push(batch_keys, buf);
-            exec::check_interrupts().ok();
-            reporter.report("scanning corpus", ordinal, total);
+            if batch_keys.len() == batch_rows {
+                let (k, v) = pusher.empty_buffers();
+                pusher.push(std::mem::replace(&mut batch_keys, k), std::mem::replace(&mut buf, v));
+                exec::check_interrupts().ok();
+                reporter.report("scanning corpus", ordinal, total);
+            }
         });
+    }
+    if !batch_keys.is_empty() {
+        pusher.push(batch_keys, buf);
     }
     let pass = pusher.finish();
     if let Some(k) = seen.iter().position(|s| !s) {

@@ -233,12 +233,6 @@ impl Batch {
     pub fn float8(&self, row: usize, col: i32) -> Option<f64> {
         self.datum(row, col).and_then(|d| unsafe { f64::from_datum(d, false) })
     }
-
-    pub fn tid(&self, row: usize, col: i32) -> Option<u64> {
-        self.datum(row, col)
-            .and_then(|d| unsafe { pg_sys::ItemPointerData::from_datum(d, false) })
-            .map(pgrx::itemptr::item_pointer_to_u64)
-    }
 }
 
 /// Run `query` through a cursor, handing each batch to `each` with the batch's memory
@@ -262,6 +256,102 @@ pub fn for_each_batch(query: &str, args: &[pgrx::datum::DatumWithOid], mut each:
                 cx.reset();
             }
         }
+    })
+}
+
+/// One row as the executor produced it; valid only during the callback that receives it.
+pub struct Row {
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Row {
+    /// Column `col` (1-based); `None` for NULL.
+    pub fn datum(&self, col: i32) -> Option<pg_sys::Datum> {
+        // SAFETY: the slot's attributes were deformed up to its last column before the
+        // callback (see `receive_row`), and `col` is a column of the query.
+        unsafe {
+            let s = &*self.slot;
+            let i = (col - 1) as usize;
+            (!*s.tts_isnull.add(i)).then(|| *s.tts_values.add(i))
+        }
+    }
+
+    pub fn text(&self, col: i32) -> Option<String> {
+        self.datum(col).and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+
+    pub fn tid(&self, col: i32) -> Option<u64> {
+        self.datum(col)
+            .and_then(|d| unsafe { pg_sys::ItemPointerData::from_datum(d, false) })
+            .map(pgrx::itemptr::item_pointer_to_u64)
+    }
+}
+
+/// A DestReceiver that hands each row to a Rust closure, in a memory context reset after
+/// every row (detoasted copies never pile up).
+#[repr(C)]
+struct RowDest<'a> {
+    base: pg_sys::DestReceiver,
+    each: &'a mut dyn FnMut(&Row),
+    cx: pg_sys::MemoryContext,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn receive_row(slot: *mut pg_sys::TupleTableSlot, dest: *mut pg_sys::DestReceiver) -> bool {
+    // SAFETY: `dest` is the `RowDest` that `for_each_row` passed to the executor.
+    let d = &mut *(dest as *mut RowDest);
+    let natts = (*(*slot).tts_tupleDescriptor).natts;
+    if ((*slot).tts_nvalid as i32) < natts {
+        pg_sys::slot_getsomeattrs_int(slot, natts);
+    }
+    let old = pg_sys::MemoryContextSwitchTo(d.cx);
+    (d.each)(&Row { slot });
+    pg_sys::MemoryContextSwitchTo(old);
+    pg_sys::MemoryContextReset(d.cx);
+    true
+}
+
+// (these cannot fail, so they need no guard)
+unsafe extern "C-unwind" fn dest_startup(_dest: *mut pg_sys::DestReceiver, _op: std::ffi::c_int, _desc: pg_sys::TupleDesc) {}
+
+unsafe extern "C-unwind" fn dest_noop(_dest: *mut pg_sys::DestReceiver) {}
+
+/// Run `query` (no parameters) and hand every row to `each` straight from the executor's slot:
+/// no copy of the tuples into a result set, so memory stays at one row whatever the table size.
+/// The caller batches rows itself. Everything runs on this thread.
+pub fn for_each_row(query: &str, mut each: impl FnMut(&Row)) {
+    let sql = std::ffi::CString::new(query).expect("generated SQL has no NUL");
+    Spi::connect(|_client| {
+        let cx = PgMemoryContexts::new("nudge row");
+        let each: &mut dyn FnMut(&Row) = &mut each;
+        let mut dest = RowDest {
+            base: pg_sys::DestReceiver {
+                receiveSlot: Some(receive_row),
+                rStartup: Some(dest_startup),
+                rShutdown: Some(dest_noop),
+                rDestroy: Some(dest_noop),
+                mydest: pg_sys::CommandDest::DestNone,
+            },
+            each,
+            cx: cx.value(),
+        };
+        // SAFETY: SPI is connected; the plan and the receiver live until the call returns.
+        unsafe {
+            let plan = pg_sys::SPI_prepare(sql.as_ptr(), 0, std::ptr::null_mut());
+            if plan.is_null() {
+                raise(Code::ERRCODE_INTERNAL_ERROR, format!("nudge: SPI_prepare failed ({})", std::ptr::addr_of!(pg_sys::SPI_result).read()));
+            }
+            let options = pg_sys::SPIExecuteOptions {
+                dest: &mut dest as *mut RowDest as *mut pg_sys::DestReceiver,
+                ..Default::default()
+            };
+            let rc = pg_sys::SPI_execute_plan_extended(plan, &options);
+            if rc < 0 {
+                raise(Code::ERRCODE_INTERNAL_ERROR, format!("nudge: reading rows failed (SPI code {rc})"));
+            }
+            pg_sys::SPI_freeplan(plan);
+        }
+        drop(cx);
     })
 }
 

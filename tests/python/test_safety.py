@@ -486,6 +486,14 @@ def test_statement_timeout_in_read_and_gamma_search(safety, phase):
         call = Call(SAFETY_DB, TIMEOUT_FIT, setup=TIMEOUT_SETUP + [f"SET statement_timeout = {ms}"])
         call.start()
         call.finish()
+        if call.error is None:
+            # the whole fit beat the calibrated moment (a noisy machine): nothing was tested;
+            # put the table back and aim again
+            call.conn.execute("SELECT nudge_revert(max(fit_id)) FROM nudge.fits WHERE corpus = 'big_t'::regclass"
+                              " AND status = 'applied'")
+            assert _state(safety, "big_t")[0] == before[0]
+            call.conn.close()
+            continue
         assert sqlstate(call.error) == "57014", call.error
         assert "statement timeout" in str(call.error)
         assert _state(safety, "big_t") == before
@@ -597,8 +605,13 @@ class PrivateCluster:
         return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
                                autocommit=True, connect_timeout=5)
 
-    def wait_ready(self):
+    def wait_ready(self, crashes=0):
+        """A connection once the server has restarted after `crashes` backend crashes in all
+        (else a connection made before the postmaster reacts to a crash dies with it)."""
         end = time.monotonic() + TIMEOUT
+        wait_until(lambda: self.log().count("terminated by signal 9") >= crashes
+                   and self.log().count("database system is ready to accept connections") >= crashes + 1,
+                   f"the server to restart after crash {crashes}")
         while True:
             try:
                 conn = self.connect()
@@ -659,7 +672,7 @@ def test_sigkill_in_the_write_leaves_old_or_new_vectors(db):
         assert "error" in done, done                     # its connection died
         for conn in (c, lock, fit2):
             conn.close()
-        c = cluster.wait_ready()
+        c = cluster.wait_ready(crashes=1)
         # the postmaster logs the crash as it restarts; the log file may lag the restart
         wait_until(lambda: "terminated by signal 9" in cluster.log(), "the crash to appear in the server log")
         # after recovery: every row has fit 1's vector, nudge.fits and the backups know fit 1 only
@@ -675,7 +688,7 @@ def test_sigkill_in_the_write_leaves_old_or_new_vectors(db):
         os.kill(victim.info.backend_pid, signal.SIGKILL)
         c.close()
         victim.close()
-        c = cluster.wait_ready()
+        c = cluster.wait_ready(crashes=2)
         assert fingerprint(c, "k_docs") == after_f3
         assert fits_of(c, "k_docs") == [(f1, "applied"), (f3, "applied")]
         c.execute("SELECT nudge_revert(%s)", (f3,))

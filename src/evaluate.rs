@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use ndarray::ArrayView2;
 use nudge_core::knn::{Distance, TopK};
 use pgrx::prelude::*;
 use pgrx::PgRelation;
@@ -101,30 +100,29 @@ fn evaluate(
         raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("no query in {queries_sql} has a relevant record in {qrels_sql}"));
     }
     let qv = q.into_array().select(ndarray::Axis(0), &judged);
-    let mut topk = TopK::new(qv, k as usize, dist).or_raise();
+    let topk = TopK::new(qv, k as usize, dist).or_raise();
 
     let key_of: HashMap<&str, u64> = keys.iter().map(|(d, k)| (d.as_str(), *k)).collect();
     let total = estimated_rows(corpus);
     let scan = scan_sql(&id, &emb, &corpus_sql, false);
     let mut ordinal = 0u64;
-    let mut buf = Vec::new();
-    let mut batch_keys = Vec::new();
-    exec::with_hooks(&mut reporter, total, |hooks| {
-        read::for_each_batch(&scan, &[], |b| {
-            buf.clear();
-            batch_keys.clear();
-            for row in 0..b.len() {
-                let rid = b.text(row, 1).unwrap_or_default();
-                batch_keys.push(key_of.get(rid.as_str()).copied().unwrap_or(n_labelled + ordinal));
-                ordinal += 1;
-                push_embedding(b.datum(row, 2), kind, &mut dim, &mut buf, &|| {
-                    format!("embedding of row {rid:?} in {corpus_sql}")
-                });
-            }
-            let view = ArrayView2::from_shape((batch_keys.len(), dim), &buf).expect("rows x dim");
-            topk.push_batch(&batch_keys, view, hooks).or_raise();
-        });
+    // rows read and decoded here, the k-NN maths one batch behind on a worker (exec::Pusher)
+    let pusher = exec::Pusher::start(topk, dim, |t: &mut TopK, keys, vectors| {
+        t.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
     });
+    let (mut batch_keys, mut buf) = pusher.empty_buffers();
+    read::for_each_row(&scan, |r| {
+        let rid = r.text(1).unwrap_or_default();
+        batch_keys.push(key_of.get(rid.as_str()).copied().unwrap_or(n_labelled + ordinal));
+        ordinal += 1;
+        push_embedding(r.datum(2), kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {corpus_sql}"));
+        if pusher.push_if_full(&mut batch_keys, &mut buf) {
+            reporter.report("k-nn search", ordinal, total);
+        }
+    });
+    pusher.push(batch_keys, buf);
+    reporter.report("k-nn search", ordinal, total);
+    let topk = pusher.finish();
     let runs = topk.finish();
     let (mut ndcg, mut recall, mut capped, mut mrr) = (0.0, 0.0, 0.0, 0.0);
     for (run, &qi) in runs.iter().zip(&judged) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use pgrx::prelude::*;
 
+use crate::error::OrRaise;
 use crate::guc;
 
 thread_local! {
@@ -124,4 +125,101 @@ pub fn with_hooks<R>(
     let mut progress = |p: nudge_core::Progress<'_>| reporter.report(p.phase, p.done, p.total.or(rows_total));
     let mut hooks = nudge_core::Hooks::new(Some(&*pool), &mut check, &mut progress);
     f(&mut hooks)
+}
+
+/// A corpus pass's maths on a worker of the pool, one batch behind the reads: the backend's
+/// thread reads and decodes rows (only it may call Postgres) and hands batches of (keys,
+/// row-major vectors) over a channel of one to a job that runs `push` on `state`; used buffers
+/// come back for reuse, and `finish` returns the state. The job never calls Postgres and
+/// catches panics (a panicking spawned job would abort the backend); interrupts are checked on
+/// the backend's thread, between batches and while it waits. If the backend errors out
+/// mid-scan, the channel closes and the job drops the state after its current batch.
+pub struct Pusher<T> {
+    tx: std::sync::mpsc::SyncSender<(Vec<u64>, Vec<f32>)>,
+    free: std::sync::mpsc::Receiver<(Vec<u64>, Vec<f32>)>,
+    done: std::sync::mpsc::Receiver<(T, nudge_core::Result<()>)>,
+    batch_rows: usize,
+}
+
+/// One batch of the maths: `(state, keys, vectors)`.
+pub type PushFn<T> = fn(&mut T, &[u64], ndarray::ArrayView2<f32>) -> nudge_core::Result<()>;
+
+impl<T: Send + 'static> Pusher<T> {
+    pub fn start(mut state: T, dim: usize, push: PushFn<T>) -> Pusher<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u64>, Vec<f32>)>(1);
+        let (free_tx, free) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        pool().spawn(move || {
+            let mut result = Ok(());
+            for (keys, data) in rx {
+                if result.is_ok() {
+                    let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let view = ndarray::ArrayView2::from_shape((keys.len(), dim), &data).map_err(|_| {
+                            nudge_core::NudgeError::InvalidParameter {
+                                name: "corpus batch",
+                                message: "rows x dimensions do not match the buffer".into(),
+                            }
+                        })?;
+                        push(&mut state, &keys, view)
+                    }));
+                    result = pushed.unwrap_or_else(|_| {
+                        Err(nudge_core::NudgeError::InvalidParameter {
+                            name: "corpus batch",
+                            message: "the corpus pass failed unexpectedly".into(),
+                        })
+                    });
+                }
+                let _ = free_tx.send((keys, data));
+            }
+            let _ = done_tx.send((state, result));
+        });
+        Pusher { tx, free, done, batch_rows: guc::BATCH_ROWS.get().max(1) as usize }
+    }
+
+    /// Buffers for the next batch, emptied (reused when the job has handed some back).
+    pub fn empty_buffers(&self) -> (Vec<u64>, Vec<f32>) {
+        let (mut keys, mut data) = self.free.try_recv().unwrap_or_default();
+        keys.clear();
+        data.clear();
+        (keys, data)
+    }
+
+    /// Hands the batch over (empty batches are dropped).
+    pub fn push(&self, keys: Vec<u64>, data: Vec<f32>) {
+        if !keys.is_empty() {
+            // (fails only if the job is gone, which `finish` reports)
+            let _ = self.tx.send((keys, data));
+        }
+    }
+
+    /// Hands the batch over once it holds `nudge.batch_rows` rows, leaving empty buffers and
+    /// checking interrupts; true if it did.
+    pub fn push_if_full(&self, keys: &mut Vec<u64>, data: &mut Vec<f32>) -> bool {
+        if keys.len() < self.batch_rows {
+            return false;
+        }
+        let (k, d) = self.empty_buffers();
+        self.push(std::mem::replace(keys, k), std::mem::replace(data, d));
+        check_interrupts().ok();
+        true
+    }
+
+    /// Waits for the last batch (checking interrupts) and returns the state, or raises the
+    /// job's error.
+    pub fn finish(self) -> T {
+        drop(self.tx);
+        loop {
+            match self.done.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok((state, result)) => {
+                    result.or_raise();
+                    return state;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => check_interrupts().ok(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => crate::error::raise(
+                    pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    "nudge: the corpus pass worker stopped",
+                ),
+            };
+        }
+    }
 }

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 use nudge_core::gamma::{FitConfig, FitPass, Selection};
 use nudge_core::metrics::Metric;
 use nudge_core::nudge::{Method, NegativeRule};
@@ -465,8 +465,9 @@ fn run(a: &FitArgs) -> FitRow {
     let mut ordinal = 0u64;
     // The backend's thread reads and decodes the next batch (only it may call Postgres) while
     // a worker pushes the previous one through the maths (pusher); buffers go round.
-    let pusher = Pusher::start(pass, dim);
-    let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
+    let pusher = exec::Pusher::start(pass, dim, |p: &mut FitPass, keys, vectors| {
+        p.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    });
     let (mut batch_keys, mut buf) = pusher.empty_buffers();
     {
         read::for_each_row(&scan, |b| {
@@ -524,17 +525,13 @@ fn run(a: &FitArgs) -> FitRow {
                 }
                 batch_keys.push(key);
             }
-            if batch_keys.len() == batch_rows {
-                let (k, v) = pusher.empty_buffers();
-                pusher.push(std::mem::replace(&mut batch_keys, k), std::mem::replace(&mut buf, v));
-                exec::check_interrupts().ok();
+            if pusher.push_if_full(&mut batch_keys, &mut buf) {
                 reporter.report("scanning corpus", ordinal, total);
             }
         });
     }
-    if !batch_keys.is_empty() {
-        pusher.push(batch_keys, buf);
-    }
+    pusher.push(batch_keys, buf);
+    reporter.report("scanning corpus", ordinal, total);
     let pass = pusher.finish();
     if let Some(k) = seen.iter().position(|s| !s) {
         let doc = keys.iter().find(|(_, v)| **v == k as u64).map(|(d, _)| d.clone()).unwrap_or_default();
@@ -629,83 +626,6 @@ fn run(a: &FitArgs) -> FitRow {
     )
     .or_raise();
     (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds)
-}
-
-/// The corpus pass's maths on a worker of the pool, one batch behind the reads: batches of
-/// (keys, row-major vectors) go in through a channel of one, used buffers come back for reuse,
-/// and `finish` returns the pass. The worker never calls Postgres; the backend's thread checks
-/// interrupts between batches and while it waits. If the backend errors out mid-scan, the
-/// channel closes and the worker drops the pass after its current batch.
-struct Pusher {
-    tx: std::sync::mpsc::SyncSender<(Vec<u64>, Vec<f32>)>,
-    free: std::sync::mpsc::Receiver<(Vec<u64>, Vec<f32>)>,
-    done: std::sync::mpsc::Receiver<(FitPass, nudge_core::Result<()>)>,
-}
-
-impl Pusher {
-    fn start(mut pass: FitPass, dim: usize) -> Pusher {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u64>, Vec<f32>)>(1);
-        let (free_tx, free) = std::sync::mpsc::channel();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        exec::pool().spawn(move || {
-            // (no hooks here: interrupts and progress stay on the backend's thread; the maths
-            // runs on this pool, whose worker this is)
-            let mut hooks = nudge_core::Hooks::noop();
-            let mut result = Ok(());
-            for (keys, data) in rx {
-                if result.is_ok() {
-                    // (a panic in a spawned job would abort the backend: never let one escape)
-                    let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let view = ArrayView2::from_shape((keys.len(), dim), &data).map_err(|_| {
-                            nudge_core::NudgeError::InvalidParameter {
-                                name: "corpus batch",
-                                message: "rows x dimensions do not match the buffer".into(),
-                            }
-                        })?;
-                        pass.push_batch(&keys, view, &mut hooks)
-                    }));
-                    result = pushed.unwrap_or_else(|_| {
-                        Err(nudge_core::NudgeError::InvalidParameter {
-                            name: "corpus batch",
-                            message: "the corpus pass failed unexpectedly".into(),
-                        })
-                    });
-                }
-                let _ = free_tx.send((keys, data));
-            }
-            let _ = done_tx.send((pass, result));
-        });
-        Pusher { tx, free, done }
-    }
-
-    /// Buffers for the next batch, emptied (reused when the worker has handed some back).
-    fn empty_buffers(&self) -> (Vec<u64>, Vec<f32>) {
-        let (mut keys, mut data) = self.free.try_recv().unwrap_or_default();
-        keys.clear();
-        data.clear();
-        (keys, data)
-    }
-
-    fn push(&self, keys: Vec<u64>, data: Vec<f32>) {
-        // (fails only if the worker is gone, which `finish` reports)
-        let _ = self.tx.send((keys, data));
-    }
-
-    fn finish(self) -> FitPass {
-        drop(self.tx);
-        loop {
-            match self.done.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok((pass, result)) => {
-                    result.or_raise();
-                    return pass;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => exec::check_interrupts().ok(),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    raise(Code::ERRCODE_INTERNAL_ERROR, "nudge: the corpus pass worker stopped")
-                }
-            };
-        }
-    }
 }
 
 /// `SELECT id::text, embedding [, tableoid, ctid] FROM corpus`.

@@ -2,8 +2,9 @@
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-/// Rows fetched from the corpus per batch (memory: about 2 x batch_rows x dim x 4 bytes). Small
-/// batches keep the memory warm between batches: 1024 fitted SciFact ~15% faster than 8192 (bench/).
+/// Corpus rows per batch (memory: about 3 x batch_rows x dim x 4 bytes: the batch being read,
+/// one queued, one being computed). Small batches keep the memory warm: 1024 fitted SciFact
+/// ~15% faster than 8192 (bench/).
 pub static BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// Worker threads for the maths; 0 means one per CPU.
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -16,7 +17,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"nudge.batch_rows",
         c"Corpus rows read per batch by nudge_fit and nudge_evaluate.",
-        c"Memory held for the corpus is about batch_rows x dimensions x 4 bytes.",
+        c"Memory held for the corpus is about 3 x batch_rows x dimensions x 4 bytes.",
         &BATCH_ROWS,
         64,
         1_000_000,

@@ -5,9 +5,10 @@
 //! into one flat `f32` buffer per batch. Every value is checked here, so errors name the
 //! row: NULLs, NaN/Inf, wrong dimensions, NULL array elements.
 //!
-//! The corpus is read through a cursor in batches of `nudge.batch_rows`; each batch's
-//! memory (tuples and detoasted copies) is released before the next, so memory stays
-//! bounded by one batch whatever the table size.
+//! nudge_fit reads the corpus row by row from the executor (`for_each_row`: a DestReceiver,
+//! no copy of the tuples, a memory context reset after every row); other reads go through a
+//! cursor in batches of `nudge.batch_rows` (`for_each_batch`), each batch's memory released
+//! before the next. Either way memory stays bounded whatever the table size.
 
 use std::collections::HashMap;
 

@@ -236,6 +236,16 @@ impl Batch {
     }
 }
 
+/// Run `f` with `cx` as the current memory context, and switch back also when `f` raises an
+/// error: the caller deletes `cx` while unwinding, and a deleted context must never be current.
+fn in_context<R>(cx: pg_sys::MemoryContext, f: impl FnOnce() -> R) -> R {
+    // SAFETY: `cx` is a live context owned by the caller.
+    let prev = unsafe { pg_sys::MemoryContextSwitchTo(cx) };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    unsafe { pg_sys::MemoryContextSwitchTo(prev) };
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// Run `query` through a cursor, handing each batch to `each` with the batch's memory
 /// (tuples and detoasted values) freed afterwards. Everything runs on this thread.
 pub fn for_each_batch(query: &str, args: &[pgrx::datum::DatumWithOid], mut each: impl FnMut(&Batch)) {
@@ -250,7 +260,7 @@ pub fn for_each_batch(query: &str, args: &[pgrx::datum::DatumWithOid], mut each:
             }
             // SAFETY: SPI_cursor_fetch just set SPI_tuptable to this batch's rows.
             let b = Batch { table: unsafe { pg_sys::SPI_tuptable }, rows };
-            unsafe { cx.switch_to(|_| each(&b)) };
+            in_context(cx.value(), || each(&b));
             unsafe {
                 pg_sys::SPI_freetuptable(b.table);
                 pg_sys::SPI_tuptable = std::ptr::null_mut();
@@ -305,9 +315,7 @@ unsafe extern "C-unwind" fn receive_row(slot: *mut pg_sys::TupleTableSlot, dest:
     if ((*slot).tts_nvalid as i32) < natts {
         pg_sys::slot_getsomeattrs_int(slot, natts);
     }
-    let old = pg_sys::MemoryContextSwitchTo(d.cx);
-    (d.each)(&Row { slot });
-    pg_sys::MemoryContextSwitchTo(old);
+    in_context(d.cx, || (d.each)(&Row { slot }));
     pg_sys::MemoryContextReset(d.cx);
     true
 }

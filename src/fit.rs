@@ -469,67 +469,63 @@ fn run(a: &FitArgs) -> FitRow {
         p.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
     });
     let (mut batch_keys, mut buf) = pusher.empty_buffers();
-    {
-        read::for_each_row(&scan, |b| {
-            {
-                let rid = b.text(1).unwrap_or_else(|| {
-                    raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {corpus_sql} is NULL in some row", id.name))
-                });
-                let key = match key_of.get(rid.as_str()) {
-                    Some(&k) => {
-                        if std::mem::replace(&mut seen[k as usize], true) {
-                            raise_with(
-                                Code::ERRCODE_UNIQUE_VIOLATION,
-                                format!("id {rid:?} appears more than once in column \"{}\" of {corpus_sql}", id.name),
-                                None,
-                                Some("The id column must identify one row; labels cannot tell duplicates apart.".into()),
-                            );
-                        }
-                        k
-                    }
-                    None => n_labelled + ordinal,
-                };
-                ordinal += 1;
-                let what = || format!("embedding of row {rid:?} in {corpus_sql}");
-                push_embedding(b.datum(2), kind, &mut dim, &mut buf, &what);
-                let current = buf.len() - dim;
-                // A row still holding what the last fit wrote starts from its original; a row
-                // the application changed since starts from its new value.
-                let holds_written = |o: &&Original| {
-                    o.original.len() == dim && o.written == read::digest_of(b.datum(2), kind, &buf[current..])
-                };
-                match originals.get(rid.as_str()).filter(holds_written) {
-                    Some(o) => {
-                        buf.truncate(current);
-                        buf.extend_from_slice(&o.original);
-                        if writing {
-                            let (toid, tid) = (b.datum(3), b.tid(4));
-                            let toid = toid.map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
-                            prev_moved.push((toid, tid.unwrap(), rid.clone(), key));
-                        }
-                    }
-                    None => {
-                        if buf[current..].iter().all(|v| *v == 0.0) {
-                            raise_with(
-                                Code::ERRCODE_DATA_EXCEPTION,
-                                format!("{} is a zero vector", what()),
-                                None,
-                                Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
-                            );
-                        }
-                    }
-                }
-                if writing && moving_keys.contains(&key) {
-                    let toid = b.datum(3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
-                    addr.insert(key, (toid, b.tid(4).unwrap(), rid));
-                }
-                batch_keys.push(key);
-            }
-            if pusher.push_if_full(&mut batch_keys, &mut buf) {
-                reporter.report("scanning corpus", ordinal, total);
-            }
+    read::for_each_row(&scan, |row| {
+        let rid = row.text(1).unwrap_or_else(|| {
+            raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {corpus_sql} is NULL in some row", id.name))
         });
-    }
+        let key = match key_of.get(rid.as_str()) {
+            Some(&k) => {
+                if std::mem::replace(&mut seen[k as usize], true) {
+                    raise_with(
+                        Code::ERRCODE_UNIQUE_VIOLATION,
+                        format!("id {rid:?} appears more than once in column \"{}\" of {corpus_sql}", id.name),
+                        None,
+                        Some("The id column must identify one row; labels cannot tell duplicates apart.".into()),
+                    );
+                }
+                k
+            }
+            None => n_labelled + ordinal,
+        };
+        ordinal += 1;
+        let what = || format!("embedding of row {rid:?} in {corpus_sql}");
+        push_embedding(row.datum(2), kind, &mut dim, &mut buf, &what);
+        let current = buf.len() - dim;
+        // A row still holding what the last fit wrote starts from its original; a row
+        // the application changed since starts from its new value.
+        let holds_written = |o: &&Original| {
+            o.original.len() == dim && o.written == read::digest_of(row.datum(2), kind, &buf[current..])
+        };
+        match originals.get(rid.as_str()).filter(holds_written) {
+            Some(o) => {
+                buf.truncate(current);
+                buf.extend_from_slice(&o.original);
+                if writing {
+                    let (toid, tid) = (row.datum(3), row.tid(4));
+                    let toid = toid.map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
+                    prev_moved.push((toid, tid.unwrap(), rid.clone(), key));
+                }
+            }
+            None => {
+                if buf[current..].iter().all(|v| *v == 0.0) {
+                    raise_with(
+                        Code::ERRCODE_DATA_EXCEPTION,
+                        format!("{} is a zero vector", what()),
+                        None,
+                        Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
+                    );
+                }
+            }
+        }
+        if writing && moving_keys.contains(&key) {
+            let toid = row.datum(3).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap()).unwrap();
+            addr.insert(key, (toid, row.tid(4).unwrap(), rid));
+        }
+        batch_keys.push(key);
+        if pusher.push_if_full(&mut batch_keys, &mut buf) {
+            reporter.report("scanning corpus", ordinal, total);
+        }
+    });
     pusher.push(batch_keys, buf);
     reporter.report("scanning corpus", ordinal, total);
     let pass = pusher.finish();

@@ -62,7 +62,7 @@ pub fn relation(rel: pg_sys::Oid) -> Relation {
     Relation { oid: rel, sql }
 }
 
-/// The storage kind of type `typid` (with modifier `typmod`) if it holds embeddings:
+/// The storage kind of type `typid` if it holds embeddings:
 /// real[], double precision[], or pgvector's vector / halfvec (types of extension `vector`).
 fn vec_kind(typid: pg_sys::Oid) -> Option<VecKind> {
     match typid {

@@ -5,7 +5,7 @@
 //! into one flat `f32` buffer per batch. Every value is checked here, so errors name the
 //! row: NULLs, NaN/Inf, wrong dimensions, NULL array elements.
 //!
-//! nudge_fit reads the corpus row by row from the executor (`for_each_row`: a DestReceiver,
+//! nudge_fit and nudge_evaluate read the corpus row by row from the executor (`for_each_row`: a DestReceiver,
 //! no copy of the tuples, a memory context reset after every row); other reads go through a
 //! cursor in batches of `nudge.batch_rows` (`for_each_batch`), each batch's memory released
 //! before the next. Either way memory stays bounded whatever the table size.

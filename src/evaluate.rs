@@ -4,18 +4,21 @@
 //! The corpus is streamed once in batches through the core's fused GEMM + top-k; no
 //! index is used, so the numbers are those of exact search. Queries without a relevant
 //! label are skipped, as trec_eval does.
+//!
+//! Phases: arguments -> corpus columns -> judged queries -> k-NN pass (the only phase with a
+//! local and a distributed form) -> metrics.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
+use ndarray::Array2;
 use nudge_core::knn::{Distance, TopK};
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 
-use crate::columns;
+use crate::columns::{self, Column, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
-use crate::fit::{estimated_rows, scan_sql};
 use crate::read::{self, push_embedding};
 
 type EvalRow = (
@@ -60,6 +63,15 @@ fn evaluate(
     id_column: &str,
     distance: &str,
 ) -> EvalRow {
+    let (k, dist) = check_args(k, distance);
+    let mut reporter = Reporter::new("nudge_evaluate");
+    let corpus = Corpus::resolve(corpus, id_column, embedding);
+    let judged = read_judged(queries, qrels);
+    let runs = knn_local(&corpus, &judged, k, dist, &mut reporter);
+    score(&runs, &judged, k)
+}
+
+fn check_args(k: i32, distance: &str) -> (usize, Distance) {
     if k < 1 {
         raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("k must be at least 1, not {k}"));
     }
@@ -71,11 +83,36 @@ fn evaluate(
             Some("Use 'cosine' (<=>), 'inner_product' (<#>) or 'l2' (<->).".into()),
         )
     });
-    let mut reporter = Reporter::new("nudge_evaluate");
-    let corpus_rel = columns::relation(corpus);
-    let corpus_sql = corpus_rel.sql.clone();
-    let id = corpus_rel.column(id_column, "the id column that qrels.doc_id refers to");
-    let (emb, kind) = corpus_rel.vector_column(embedding, "an embedding column");
+    (k as usize, dist)
+}
+
+/// The corpus and its id and embedding columns.
+struct Corpus {
+    oid: pg_sys::Oid,
+    sql: String,
+    id: Column,
+    emb: Column,
+    kind: VecKind,
+}
+
+impl Corpus {
+    fn resolve(oid: pg_sys::Oid, id_column: &str, embedding: &str) -> Corpus {
+        let rel = columns::relation(oid);
+        let id = rel.column(id_column, "the id column that qrels.doc_id refers to");
+        let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+        Corpus { oid, sql: rel.sql, id, emb, kind }
+    }
+}
+
+/// Queries with at least one relevant label, their relevant (key, grade) lists, and the key
+/// of every labelled doc id (other rows get keys from `keys.len()` on).
+struct Judged {
+    vectors: Array2<f32>,
+    relevant: Vec<Vec<(u64, f64)>>,
+    keys: HashMap<String, u64>,
+}
+
+fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
     let (queries_rel, qrels_rel) = (columns::relation(queries), columns::relation(qrels));
     let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
@@ -89,7 +126,6 @@ fn evaluate(
     }
     let mut keys: HashMap<String, u64> = HashMap::new();
     let qrels = read::qrels_for(&labels, &index, &mut keys, &qrels_sql, &queries_sql);
-    let n_labelled = keys.len() as u64;
     // relevant (key, grade) lists per query
     let mut relevant: Vec<Vec<(u64, f64)>> = vec![Vec::new(); q.len()];
     for r in &qrels {
@@ -99,14 +135,21 @@ fn evaluate(
     if judged.is_empty() {
         raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("no query in {queries_sql} has a relevant record in {qrels_sql}"));
     }
-    let qv = q.into_array().select(ndarray::Axis(0), &judged);
-    let topk = TopK::new(qv, k as usize, dist).or_raise();
+    let vectors = q.into_array().select(ndarray::Axis(0), &judged);
+    let relevant = judged.iter().map(|&i| std::mem::take(&mut relevant[i])).collect();
+    Judged { vectors, relevant, keys }
+}
 
-    let key_of: HashMap<&str, u64> = keys.iter().map(|(d, k)| (d.as_str(), *k)).collect();
-    let total = estimated_rows(corpus);
-    let scan = scan_sql(&id, &emb, &corpus_sql, false);
+/// The local k-NN pass: rows read and decoded here, the maths one batch behind on a worker
+/// (exec::Pusher). Returns the top-k (key, score) of every judged query, best first.
+fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
+    let topk = TopK::new(judged.vectors.clone(), k, dist).or_raise();
+    let mut dim = judged.vectors.ncols();
+    let n_labelled = judged.keys.len() as u64;
+    let key_of: HashMap<&str, u64> = judged.keys.iter().map(|(d, k)| (d.as_str(), *k)).collect();
+    let total = read::estimated_rows(corpus.oid);
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, false);
     let mut ordinal = 0u64;
-    // rows read and decoded here, the k-NN maths one batch behind on a worker (exec::Pusher)
     let pusher = exec::Pusher::start(topk, dim, |t: &mut TopK, keys, vectors| {
         t.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
     });
@@ -115,23 +158,26 @@ fn evaluate(
         let rid = r.text(1).unwrap_or_default();
         batch_keys.push(key_of.get(rid.as_str()).copied().unwrap_or(n_labelled + ordinal));
         ordinal += 1;
-        push_embedding(r.datum(2), kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {corpus_sql}"));
+        push_embedding(r.datum(2), corpus.kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {}", corpus.sql));
         if pusher.push_if_full(&mut batch_keys, &mut buf) {
             reporter.report("k-nn search", ordinal, total);
         }
     });
     pusher.push(batch_keys, buf);
     reporter.report("k-nn search", ordinal, total);
-    let topk = pusher.finish();
-    let runs = topk.finish();
+    pusher.finish().finish()
+}
+
+/// Mean metrics over the judged queries.
+fn score(runs: &[Vec<(u64, f32)>], judged: &Judged, k: usize) -> EvalRow {
     let (mut ndcg, mut recall, mut capped, mut mrr) = (0.0, 0.0, 0.0, 0.0);
-    for (run, &qi) in runs.iter().zip(&judged) {
-        let m = nudge_core::metrics::evaluate(run, &relevant[qi], k as usize);
+    for (run, relevant) in runs.iter().zip(&judged.relevant) {
+        let m = nudge_core::metrics::evaluate(run, relevant, k);
         ndcg += m.ndcg;
         recall += m.recall;
         capped += m.capped_recall;
         mrr += m.mrr;
     }
-    let n = judged.len() as f64;
-    (judged.len() as i64, ndcg / n, recall / n, capped / n, mrr / n)
+    let n = judged.relevant.len() as f64;
+    (judged.relevant.len() as i64, ndcg / n, recall / n, capped / n, mrr / n)
 }

@@ -449,3 +449,23 @@ pub fn qrels_for(
     }
     out
 }
+
+/// The corpus scan: `SELECT id::text, embedding [, tableoid, ctid] FROM corpus`.
+pub fn scan_sql(id: &Column, emb: &Column, rel_sql: &str, with_address: bool) -> String {
+    format!(
+        "SELECT t.{}::text, t.{}{} FROM {} AS t",
+        id.ident,
+        emb.ident,
+        if with_address { ", t.tableoid, t.ctid" } else { "" },
+        rel_sql
+    )
+}
+
+/// Planner's row estimate, for progress only.
+pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
+    Spi::get_one_with_args::<f32>("SELECT reltuples FROM pg_class WHERE oid = $1", &[rel.into()])
+        .ok()
+        .flatten()
+        .filter(|r| *r > 0.0)
+        .map(|r| r as u64)
+}

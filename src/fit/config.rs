@@ -1,0 +1,112 @@
+//! Phase 1 of a fit: the arguments, checked and turned into the core's `FitConfig`.
+
+use std::str::FromStr;
+
+use nudge_core::gamma::{FitConfig, Selection};
+use nudge_core::metrics::Metric;
+use nudge_core::nudge::{Method, NegativeRule};
+use pgrx::prelude::*;
+
+use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
+
+/// What a fit was asked to do (from `nudge_fit`'s arguments or a recorded fit).
+pub struct FitArgs<'a> {
+    pub corpus: pg_sys::Oid,
+    pub embedding: &'a str,
+    pub queries: pg_sys::Oid,
+    pub qrels: pg_sys::Oid,
+    pub id_column: &'a str,
+    pub method: &'a str,
+    pub validation: Option<(pg_sys::Oid, pg_sys::Oid)>,
+    pub validation_fraction: f64,
+    pub seed: i32,
+    pub metric: &'a str,
+    pub gamma: Option<f64>,
+    pub target: Option<&'a str>,
+    pub dry_run: bool,
+    pub gamma_search: &'a str,
+    pub negative_rule: &'a str,
+    pub refit_of: Option<i64>,
+}
+
+/// A required argument of nudge_fit: NULL is an error.
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    value.unwrap_or_else(|| {
+        raise_with(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("argument \"{name}\" of nudge_fit must not be NULL"),
+            None,
+            Some("Leave an argument out to use its default.".into()),
+        )
+    })
+}
+
+/// Both validation tables or neither.
+pub fn validation_pair(queries: Option<pg_sys::Oid>, qrels: Option<pg_sys::Oid>) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    match (queries, qrels) {
+        (Some(q), Some(r)) => Some((q, r)),
+        (None, None) => None,
+        _ => raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, "validation_queries and validation_qrels must be given together"),
+    }
+}
+
+pub fn invalid(msg: String, hint: &str) -> ! {
+    raise_with(Code::ERRCODE_INVALID_PARAMETER_VALUE, msg, None, Some(hint.to_string()))
+}
+
+pub fn parse_config(a: &FitArgs) -> FitConfig {
+    let method = Method::from_str(&a.method.to_ascii_lowercase())
+        .unwrap_or_else(|_| invalid(format!("unknown method \"{}\"", a.method), "Use 'nudge_n' or 'nudge_m'."));
+    let metric = Metric::from_str(&a.metric.to_ascii_lowercase()).unwrap_or_else(|_| {
+        invalid(
+            format!("unknown metric \"{}\"", a.metric),
+            "Use ndcg@k, recall@k, capped_recall@k, mrr@k (k >= 1) or top1.",
+        )
+    });
+    let negative_rule = match a.negative_rule.to_ascii_lowercase().as_str() {
+        "skip" => NegativeRule::Skip,
+        "move" => NegativeRule::Move,
+        _ => invalid(format!("unknown negative_rule \"{}\"", a.negative_rule), "Use 'skip' or 'move'."),
+    };
+    let selection = match (a.gamma, a.gamma_search.to_ascii_lowercase().as_str()) {
+        (Some(g), _) => {
+            let max = if method == Method::NudgeN { 4.0 } else { f64::MAX };
+            if !(g.is_finite() && g >= 0.0 && g <= max) {
+                invalid(
+                    format!("gamma must be a finite number >= 0{}, not {g}", if method == Method::NudgeN { " and <= 4" } else { "" }),
+                    "Leave gamma NULL to choose it on validation queries.",
+                );
+            }
+            Selection::Fixed(g)
+        }
+        (None, "best") => Selection::Best(metric),
+        (None, "reference") => Selection::Parity,
+        (None, _) => invalid(format!("unknown gamma_search \"{}\"", a.gamma_search), "Use 'best' or 'reference'."),
+    };
+    if a.validation.is_none() && !(a.validation_fraction > 0.0 && a.validation_fraction < 1.0) {
+        invalid(
+            format!("validation_fraction must be between 0 and 1 (exclusive), not {}", a.validation_fraction),
+            "It is the share of queries held out to choose gamma.",
+        );
+    }
+    if a.seed < 0 {
+        invalid(format!("seed must be >= 0, not {}", a.seed), "Any non-negative integer works.");
+    }
+    FitConfig { method, selection, negative_rule }
+}
+
+pub fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::NudgeM => "nudge_m",
+        Method::NudgeN => "nudge_n",
+    }
+}
+
+/// `nudge.fits.gamma_search` and `.metric` for a configuration.
+pub fn selection_names(config: &FitConfig, metric: &str) -> (&'static str, String) {
+    match config.selection {
+        Selection::Fixed(_) => ("fixed", metric.to_ascii_lowercase()),
+        Selection::Best(_) => ("best", metric.to_ascii_lowercase()),
+        Selection::Parity => ("reference", if config.method == Method::NudgeN { "top1_accuracy" } else { "top1" }.to_string()),
+    }
+}

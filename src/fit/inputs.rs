@@ -1,0 +1,60 @@
+//! Phase 2 of a fit: the corpus table and its columns, resolved through the catalogs, and the
+//! lock a writing fit holds until it commits.
+
+use pgrx::prelude::*;
+
+use super::config::{invalid, FitArgs};
+use crate::columns::{self, Column, VecKind};
+use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+
+/// The corpus side of a fit.
+pub struct Corpus {
+    pub oid: pg_sys::Oid,
+    /// The table as Postgres prints it (quoted, schema-qualified when needed).
+    pub sql: String,
+    pub id: Column,
+    pub emb: Column,
+    pub kind: VecKind,
+    /// The column to fill instead of overwriting `emb`.
+    pub target: Option<Column>,
+    /// Whether the fit writes (not a dry run).
+    pub writing: bool,
+}
+
+/// Resolve the corpus, its id / embedding / target columns, and when writing check it is a
+/// table and LOCK it IN SHARE ROW EXCLUSIVE MODE (readers go on; writers, including a
+/// concurrent nudge_fit on the same table, wait until we commit).
+pub fn resolve(a: &FitArgs) -> Corpus {
+    let rel = columns::relation(a.corpus);
+    let id = rel.column(a.id_column, "the id column that qrels.doc_id refers to");
+    let (emb, kind) = rel.vector_column(a.embedding, "an embedding column");
+    let target = a.target.map(|t| {
+        let col = rel.column(t, "the target column");
+        if col.name == emb.name {
+            invalid(format!("target column \"{t}\" is the embedding column"), "Leave target NULL to write in place.");
+        }
+        if col.type_sql != emb.type_sql {
+            raise(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("target column \"{t}\" has type {}, but \"{}\" has type {}", col.type_sql, emb.name, emb.type_sql),
+            );
+        }
+        col
+    });
+    let writing = !a.dry_run;
+    if writing {
+        let relkind = Spi::get_one_with_args::<String>("SELECT relkind::text FROM pg_class WHERE oid = $1", &[a.corpus.into()])
+            .or_raise()
+            .unwrap_or_default();
+        if !matches!(relkind.as_str(), "r" | "p") {
+            raise_with(
+                Code::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("cannot write nudged vectors into {}: it is not a table", rel.sql),
+                None,
+                Some("Use dry_run => true to fit without writing, or pass the underlying table.".into()),
+            );
+        }
+        Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", rel.sql)).or_raise();
+    }
+    Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing }
+}

@@ -1,0 +1,161 @@
+//! Phase 3 of a fit: labelled queries read and split into training and validation queries,
+//! and the records the training labels move (their summed queries, G).
+
+use std::collections::HashMap;
+
+use ndarray::Array2;
+use nudge_core::gradient::{MovingSet, Qrel};
+
+use super::config::FitArgs;
+use crate::columns;
+use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+use crate::read::{self, Vectors};
+
+/// Queries of one role (train or validation) and their labels over record keys.
+pub struct QuerySet {
+    pub vectors: Array2<f32>,
+    pub qrels: Vec<Qrel>,
+}
+
+/// The labelled side of a fit.
+pub struct Labels {
+    pub train: QuerySet,
+    /// Only queries with at least one relevant label.
+    pub validation: QuerySet,
+    /// Record key of every labelled doc id: keys `0..keys.len()`; unlabelled corpus rows get
+    /// keys from `keys.len()` on, in scan order.
+    pub keys: HashMap<String, u64>,
+    pub dim: usize,
+}
+
+impl Labels {
+    pub fn n_labelled(&self) -> u64 {
+        self.keys.len() as u64
+    }
+}
+
+/// Read queries and labels; split them (the given validation tables, or a seeded fraction).
+pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
+    let queries_rel = columns::relation(a.queries);
+    let qrels_rel = columns::relation(a.qrels);
+    let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
+    let mut dim = 0usize;
+    let q_all = read::read_queries(&queries_rel, &mut dim);
+    let labels = read::read_qrels(&qrels_rel);
+    let mut keys: HashMap<String, u64> = HashMap::new();
+    let (train, validation) = match a.validation {
+        Some((vq, vr)) => {
+            let (vq_rel, vr_rel) = (columns::relation(vq), columns::relation(vr));
+            let (vq_sql, vr_sql) = (vq_rel.sql.clone(), vr_rel.sql.clone());
+            let q_val = read::read_queries(&vq_rel, &mut dim);
+            let val_labels = read::read_qrels(&vr_rel);
+            let train_index = index_ids(q_all.ids.iter(), &queries_sql);
+            let train_qrels = read::qrels_for(&labels, &train_index, &mut keys, &qrels_sql, &queries_sql);
+            let val_index = index_ids(q_val.ids.iter(), &vq_sql);
+            let val_qrels = read::qrels_for(&val_labels, &val_index, &mut keys, &vr_sql, &vq_sql);
+            (
+                QuerySet { vectors: q_all.into_array(), qrels: train_qrels },
+                QuerySet { vectors: q_val.into_array(), qrels: val_qrels },
+            )
+        }
+        None => {
+            let all_index = index_ids(q_all.ids.iter(), &queries_sql);
+            if q_all.len() < 2 {
+                raise(
+                    Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("{queries_sql} has {} queries; a seeded split needs at least 2", q_all.len()),
+                );
+            }
+            let (tr, va) = nudge_core::split::split(q_all.len(), a.validation_fraction, a.seed as u32).or_raise();
+            // position of each original row within its part
+            let mut part = vec![(false, 0u32); q_all.len()];
+            for (i, &r) in tr.iter().enumerate() {
+                part[r] = (true, i as u32);
+            }
+            for (i, &r) in va.iter().enumerate() {
+                part[r] = (false, i as u32);
+            }
+            let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
+            let (mut tq, mut vq) = (Vec::new(), Vec::new());
+            for q in all_qrels {
+                let (is_train, pos) = part[q.query as usize];
+                let q = Qrel { query: pos, ..q };
+                if is_train { tq.push(q) } else { vq.push(q) }
+            }
+            (
+                QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
+                QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
+            )
+        }
+    };
+    let validation = only_judged(validation);
+    if validation.vectors.nrows() == 0 && validation_required {
+        raise_with(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "no validation query has a relevant record",
+            None,
+            Some("Choosing gamma needs labelled validation queries; give more queries, a larger validation_fraction, or a fixed gamma.".into()),
+        );
+    }
+    if !train.qrels.iter().any(|q| q.grade > 0.0) {
+        raise_with(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "no training query has a relevant record",
+            Some(format!("{} training queries, {} labels", train.vectors.nrows(), train.qrels.len())),
+            Some("Check that qrels.query_id matches queries.id and that scores are > 0.".into()),
+        );
+    }
+    Labels { train, validation, keys, dim }
+}
+
+/// The records the training labels move, with G (the sum of their relevant training queries).
+pub fn moving_set(labels: &Labels) -> MovingSet {
+    let train = &labels.train;
+    let rows: Vec<usize> = (0..train.vectors.nrows()).collect();
+    nudge_core::gradient::gradients(train.vectors.view(), &train.qrels, &rows, labels.n_labelled()).or_raise()
+}
+
+fn index_ids<'a>(ids: impl Iterator<Item = &'a String>, rel_sql: &str) -> HashMap<&'a str, u32> {
+    let mut map = HashMap::new();
+    for (i, id) in ids.enumerate() {
+        if map.insert(id.as_str(), i as u32).is_some() {
+            raise(Code::ERRCODE_UNIQUE_VIOLATION, format!("query id {id:?} appears more than once in {rel_sql}"));
+        }
+    }
+    map
+}
+
+fn select_rows(v: &Vectors, rows: &[usize]) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros((rows.len(), v.dim));
+    for (i, &r) in rows.iter().enumerate() {
+        out.row_mut(i).assign(&ndarray::ArrayView1::from(v.row(r)));
+    }
+    out
+}
+
+/// Keep only validation queries with at least one relevant label; renumber them.
+fn only_judged(set: QuerySet) -> QuerySet {
+    let n = set.vectors.nrows();
+    let mut has = vec![false; n];
+    for q in &set.qrels {
+        if q.grade > 0.0 {
+            has[q.query as usize] = true;
+        }
+    }
+    if has.iter().all(|h| *h) {
+        return set;
+    }
+    let keep: Vec<usize> = (0..n).filter(|&i| has[i]).collect();
+    let mut renum = vec![u32::MAX; n];
+    for (new, &old) in keep.iter().enumerate() {
+        renum[old] = new as u32;
+    }
+    let vectors = set.vectors.select(ndarray::Axis(0), &keep);
+    let qrels = set
+        .qrels
+        .into_iter()
+        .filter(|q| renum[q.query as usize] != u32::MAX)
+        .map(|q| Qrel { query: renum[q.query as usize], ..q })
+        .collect();
+    QuerySet { vectors, qrels }
+}

@@ -1,0 +1,240 @@
+//! nudge_fit and nudge_refit: read labelled queries and the corpus, run NUDGE, write the
+//! nudged vectors.
+//!
+//! A fit is a short sequence of phases, one module each, in one transaction (any error leaves
+//! every table as it was):
+//!  1. `config`: arguments checked, the core's configuration;
+//!  2. `inputs`: the corpus and its columns resolved; a writing fit locks the table;
+//!  3. `labels`: queries and labels read and split; the moving records and their G;
+//!  4. `pass`: one streaming pass over the corpus (static top-k per validation query, the
+//!     moving records' vectors, the addresses of rows to write);
+//!  5. gamma chosen on the moving records alone and the new vectors computed (core);
+//!  6. `apply`: the rows to write, written (backing up what is overwritten);
+//!  7. `record`: the fit's row in nudge.fits.
+//!
+//! The corpus pass and the write are the only phases with more than one form (local here;
+//! the seam for distributed tables). A refit starts from the original vectors
+//! (`originals`): rows changed by earlier applied in-place fits of the same column are read
+//! from their oldest backup, and rows no longer moved are written back to their originals.
+
+mod apply;
+mod config;
+mod inputs;
+mod labels;
+mod originals;
+mod pass;
+mod record;
+
+use nudge_core::gamma::{FitPass, Selection};
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+
+use crate::error::{raise, OrRaise, PgSqlErrorCode as Code};
+use crate::exec::{self, Reporter};
+use config::{required, FitArgs};
+
+type FitRow = (
+    name!(fit_id, i64),
+    name!(method, String),
+    name!(gamma, f64),
+    name!(records_changed, i64),
+    name!(validation_before, Option<f64>),
+    name!(validation_after, Option<f64>),
+    name!(seconds, f64),
+);
+
+/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_fit(
+    corpus: Option<PgRelation>,
+    embedding: Option<&str>,
+    queries: Option<PgRelation>,
+    qrels: Option<PgRelation>,
+    id_column: default!(Option<&str>, "'id'"),
+    method: default!(Option<&str>, "'nudge_n'"),
+    validation_queries: default!(Option<PgRelation>, "NULL"),
+    validation_qrels: default!(Option<PgRelation>, "NULL"),
+    validation_fraction: default!(Option<f64>, 0.1),
+    seed: default!(Option<i32>, 0),
+    metric: default!(Option<&str>, "'ndcg@10'"),
+    gamma: default!(Option<f64>, "NULL"),
+    target: default!(Option<&str>, "NULL"),
+    dry_run: default!(Option<bool>, false),
+    gamma_search: default!(Option<&str>, "'best'"),
+    negative_rule: default!(Option<&str>, "'skip'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+    ),
+> {
+    // Every argument but gamma, target and the validation tables is required: a NULL is an
+    // error (the function cannot be STRICT, as those three default to NULL).
+    let oid = |r: Option<PgRelation>, name| required(r, name).oid();
+    let args = FitArgs {
+        corpus: oid(corpus, "corpus"),
+        embedding: required(embedding, "embedding"),
+        queries: oid(queries, "queries"),
+        qrels: oid(qrels, "qrels"),
+        id_column: required(id_column, "id_column"),
+        method: required(method, "method"),
+        validation: config::validation_pair(validation_queries.map(|r| r.oid()), validation_qrels.map(|r| r.oid())),
+        validation_fraction: required(validation_fraction, "validation_fraction"),
+        seed: required(seed, "seed"),
+        metric: required(metric, "metric"),
+        gamma,
+        target,
+        dry_run: required(dry_run, "dry_run"),
+        gamma_search: required(gamma_search, "gamma_search"),
+        negative_rule: required(negative_rule, "negative_rule"),
+        refit_of: None,
+    };
+    TableIterator::once(run(&args))
+}
+
+/// Re-run a recorded fit with its parameters on the current labels. In place, it starts
+/// from the original vectors (as every fit does) and is recorded as a new fit.
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_refit(
+    fit_id: i64,
+    dry_run: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+    ),
+> {
+    let Some(r) = Recorded::read(fit_id) else {
+        raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
+    };
+    let fixed = r.gamma_search == "fixed";
+    let metric = match r.gamma_search.as_str() {
+        "reference" => "ndcg@10".to_string(),
+        _ => r.metric.clone().unwrap_or_else(|| "ndcg@10".into()),
+    };
+    let args = FitArgs {
+        corpus: r.corpus,
+        embedding: &r.embedding,
+        queries: r.queries,
+        qrels: r.qrels,
+        id_column: &r.id_column,
+        method: &r.method,
+        validation: r.validation_queries.zip(r.validation_qrels),
+        validation_fraction: r.validation_fraction.unwrap_or(0.1),
+        seed: r.seed.unwrap_or(0),
+        metric: &metric,
+        gamma: fixed.then_some(r.gamma),
+        target: r.target.as_deref(),
+        dry_run,
+        gamma_search: if fixed { "best" } else { &r.gamma_search },
+        negative_rule: &r.negative_rule,
+        refit_of: Some(fit_id),
+    };
+    TableIterator::once(run(&args))
+}
+
+/// The parameters of a recorded fit.
+struct Recorded {
+    corpus: pg_sys::Oid,
+    embedding: String,
+    queries: pg_sys::Oid,
+    qrels: pg_sys::Oid,
+    id_column: String,
+    method: String,
+    validation_queries: Option<pg_sys::Oid>,
+    validation_qrels: Option<pg_sys::Oid>,
+    validation_fraction: Option<f64>,
+    seed: Option<i32>,
+    metric: Option<String>,
+    gamma_search: String,
+    gamma: f64,
+    target: Option<String>,
+    negative_rule: String,
+}
+
+impl Recorded {
+    fn read(fit_id: i64) -> Option<Recorded> {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
+                        validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
+                        gamma_search, gamma, target, negative_rule
+                   FROM nudge.fits WHERE fit_id = $1",
+                Some(1),
+                &[fit_id.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let t = t.first();
+            // (columns declared NOT NULL in sql/catalog.sql)
+            Ok(Some(Recorded {
+                corpus: t.get(1)?.unwrap(),
+                embedding: t.get(2)?.unwrap(),
+                queries: t.get(3)?.unwrap(),
+                qrels: t.get(4)?.unwrap(),
+                id_column: t.get(5)?.unwrap(),
+                method: t.get(6)?.unwrap(),
+                validation_queries: t.get(7)?,
+                validation_qrels: t.get(8)?,
+                validation_fraction: t.get(9)?,
+                seed: t.get(10)?,
+                metric: t.get(11)?,
+                gamma_search: t.get(12)?.unwrap(),
+                gamma: t.get(13)?.unwrap(),
+                target: t.get(14)?,
+                negative_rule: t.get(15)?.unwrap(),
+            }))
+        })
+        .or_raise()
+    }
+}
+
+/// A fit, phase by phase.
+fn run(a: &FitArgs) -> FitRow {
+    let mut reporter = Reporter::new("nudge_fit");
+    let config = config::parse_config(a);
+    let corpus = inputs::resolve(a);
+
+    reporter.report("reading queries", 0, None);
+    let labels = labels::read_and_split(a, !matches!(config.selection, Selection::Fixed(_)));
+    let moving = labels::moving_set(&labels);
+    let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+    let originals = originals::read(a.corpus, &corpus.emb);
+
+    let (pass, addresses) = pass::local(&corpus, &labels, pass, &originals, &mut reporter);
+    let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
+    let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
+
+    let fit_id = record::next_fit_id();
+    let rows_written = apply::write(&corpus, fit_id, &rows, &mut reporter);
+    let seconds = reporter.elapsed();
+    record::insert(
+        a,
+        &record::Done {
+            fit_id,
+            config: &config,
+            labels: &labels,
+            outcome: &outcome,
+            embedding_type: &corpus.emb.type_sql,
+            records_changed,
+            rows_written,
+            seconds,
+        },
+    );
+    let method = config::method_name(config.method).to_string();
+    (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds)
+}

@@ -1,0 +1,147 @@
+//! Phase 4 of a fit: one streaming pass over the corpus. The core keeps the static top-k of
+//! every validation query and the vectors of the moving records; rows are checked here (ids
+//! unique, labels pointing at real rows, no zero vectors) so errors name the row; rows that
+//! earlier fits changed enter the pass with their original vectors.
+
+use std::collections::{HashMap, HashSet};
+
+use nudge_core::gamma::FitPass;
+use pgrx::prelude::*;
+
+use super::inputs::Corpus;
+use super::labels::Labels;
+use super::originals::{Original, Originals};
+use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
+use crate::exec::{self, Reporter};
+use crate::read::{self, push_embedding, Row};
+
+/// Where a row the fit may write lives, captured during the pass.
+pub struct RowAddr {
+    pub tableoid: pg_sys::Oid,
+    pub tid: u64,
+    pub id: String,
+}
+
+/// Rows the fit may write, found by the pass (empty unless writing).
+pub struct Addresses {
+    /// Moving records' rows, by key (only when writing).
+    pub moving: HashMap<u64, RowAddr>,
+    /// Rows that earlier fits changed, with their keys (only when writing): written back to
+    /// their originals unless this fit moves them.
+    pub previously_moved: Vec<(RowAddr, u64)>,
+}
+
+/// The local pass: the backend's thread reads and decodes rows (only it may call Postgres)
+/// while a pool worker pushes the previous batch through the maths (exec::Pusher).
+pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Originals, reporter: &mut Reporter) -> (FitPass, Addresses) {
+    let moving_keys: HashSet<u64> = pass.moving_keys().iter().copied().collect();
+    let total = read::estimated_rows(corpus.oid);
+    let mut rows = RowKeys::new(labels, corpus);
+    let (mut moving, mut previously_moved) = (HashMap::new(), Vec::new());
+    let mut dim = labels.dim;
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, corpus.writing);
+    let pusher = exec::Pusher::start(pass, dim, |p: &mut FitPass, keys, vectors| {
+        p.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    });
+    let (mut batch_keys, mut buf) = pusher.empty_buffers();
+    read::for_each_row(&scan, |row| {
+        let (rid, key) = rows.key(row);
+        let what = || format!("embedding of row {rid:?} in {}", corpus.sql);
+        push_embedding(row.datum(2), corpus.kind, &mut dim, &mut buf, &what);
+        let current = buf.len() - dim;
+        // A row still holding what the last fit wrote starts from its original; a row
+        // the application changed since starts from its new value.
+        let holds_written = |o: &&Original| {
+            o.original.len() == dim && o.written == read::digest_of(row.datum(2), corpus.kind, &buf[current..])
+        };
+        let from_original = originals.get(rid.as_str()).filter(holds_written);
+        match from_original {
+            Some(o) => {
+                buf.truncate(current);
+                buf.extend_from_slice(&o.original);
+                if corpus.writing {
+                    previously_moved.push((address(row, rid.clone()), key));
+                }
+            }
+            None if buf[current..].iter().all(|v| *v == 0.0) => raise_with(
+                Code::ERRCODE_DATA_EXCEPTION,
+                format!("{} is a zero vector", what()),
+                None,
+                Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
+            ),
+            None => {}
+        }
+        if corpus.writing && moving_keys.contains(&key) {
+            moving.insert(key, address(row, rid));
+        }
+        batch_keys.push(key);
+        if pusher.push_if_full(&mut batch_keys, &mut buf) {
+            reporter.report("scanning corpus", rows.ordinal, total);
+        }
+    });
+    pusher.push(batch_keys, buf);
+    reporter.report("scanning corpus", rows.ordinal, total);
+    let pass = pusher.finish();
+    rows.check_all_labelled_seen();
+    (pass, Addresses { moving, previously_moved })
+}
+
+/// `tableoid` and `ctid` of a row scanned with addresses (columns 3 and 4).
+fn address(row: &Row, id: String) -> RowAddr {
+    let tableoid = row.datum(3).and_then(|d| unsafe { pg_sys::Oid::from_datum(d, false) }).expect("tableoid is never NULL");
+    RowAddr { tableoid, tid: row.tid(4).expect("ctid is never NULL"), id }
+}
+
+/// Record keys of scanned rows: labelled ids have theirs (each must appear once), other rows
+/// get the next free key.
+struct RowKeys<'a> {
+    labels: &'a Labels,
+    corpus: &'a Corpus,
+    seen: Vec<bool>,
+    ordinal: u64,
+}
+
+impl<'a> RowKeys<'a> {
+    fn new(labels: &'a Labels, corpus: &'a Corpus) -> Self {
+        RowKeys { labels, corpus, seen: vec![false; labels.keys.len()], ordinal: 0 }
+    }
+
+    /// The row's id (text, column 1) and key.
+    fn key(&mut self, row: &Row) -> (String, u64) {
+        let rid = row.text(1).unwrap_or_else(|| {
+            raise(
+                Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("column \"{}\" of {} is NULL in some row", self.corpus.id.name, self.corpus.sql),
+            )
+        });
+        let key = match self.labels.keys.get(rid.as_str()) {
+            Some(&k) => {
+                if std::mem::replace(&mut self.seen[k as usize], true) {
+                    raise_with(
+                        Code::ERRCODE_UNIQUE_VIOLATION,
+                        format!("id {rid:?} appears more than once in column \"{}\" of {}", self.corpus.id.name, self.corpus.sql),
+                        None,
+                        Some("The id column must identify one row; labels cannot tell duplicates apart.".into()),
+                    );
+                }
+                k
+            }
+            None => self.labels.n_labelled() + self.ordinal,
+        };
+        self.ordinal += 1;
+        (rid, key)
+    }
+
+    /// Every labelled doc id must have been a row of the corpus.
+    fn check_all_labelled_seen(&self) {
+        if let Some(k) = self.seen.iter().position(|s| !s) {
+            let doc = self.labels.keys.iter().find(|(_, v)| **v == k as u64).map(|(d, _)| d.clone()).unwrap_or_default();
+            raise_with(
+                Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+                format!("a label points to doc_id {doc:?}, which is not in column \"{}\" of {}", self.corpus.id.name, self.corpus.sql),
+                None,
+                Some("Every qrels.doc_id must match one corpus row's id.".into()),
+            );
+        }
+    }
+}

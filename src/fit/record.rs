@@ -1,0 +1,70 @@
+//! Phase 7 of a fit: its row in `nudge.fits` (parameters, gamma, metrics, curve, status).
+
+use nudge_core::gamma::{FitConfig, FitOutcome};
+use pgrx::prelude::*;
+
+use super::config::{method_name, selection_names, FitArgs};
+use super::labels::Labels;
+use crate::error::OrRaise;
+
+/// The id the next fit gets (taken before writing: backups carry it).
+pub fn next_fit_id() -> i64 {
+    Spi::get_one::<i64>("SELECT nextval('nudge.fits_fit_id_seq')").or_raise().expect("nextval returns a value")
+}
+
+/// What a fit did, besides its arguments.
+pub struct Done<'a> {
+    pub fit_id: i64,
+    pub config: &'a FitConfig,
+    pub labels: &'a Labels,
+    pub outcome: &'a FitOutcome,
+    pub embedding_type: &'a str,
+    pub records_changed: i64,
+    pub rows_written: i64,
+    pub seconds: f64,
+}
+
+pub fn insert(a: &FitArgs, d: &Done) {
+    let curve = serde_json::to_string(&d.outcome.curve.iter().map(|(g, v)| [*g, *v]).collect::<Vec<_>>()).unwrap();
+    let (gamma_search, metric_name) = selection_names(d.config, a.metric);
+    Spi::run_with_args(
+        "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
+             validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
+             negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
+             rows_written, validation_before, validation_after, curve, seconds, status, refit_of)
+         VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
+             $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
+             $24::jsonb, $27, $25, $28)",
+        &[
+            a.corpus.into(),
+            a.id_column.into(),
+            a.embedding.into(),
+            d.embedding_type.into(),
+            a.target.into(),
+            a.queries.into(),
+            a.qrels.into(),
+            a.validation.map(|v| v.0).into(),
+            a.validation.map(|v| v.1).into(),
+            a.validation.is_none().then_some(a.validation_fraction).into(),
+            a.validation.is_none().then_some(a.seed).into(),
+            method_name(d.config.method).into(),
+            Some(metric_name).into(),
+            gamma_search.into(),
+            a.negative_rule.to_ascii_lowercase().into(),
+            d.outcome.gamma.into(),
+            (d.labels.train.vectors.nrows() as i32).into(),
+            (d.labels.validation.vectors.nrows() as i32).into(),
+            (d.outcome.keys.len() as i64).into(),
+            d.records_changed.into(),
+            d.rows_written.into(),
+            d.outcome.validation_before.into(),
+            d.outcome.validation_after.into(),
+            curve.into(),
+            (if a.dry_run { "dry_run" } else { "applied" }).into(),
+            d.fit_id.into(),
+            d.seconds.into(),
+            a.refit_of.into(),
+        ],
+    )
+    .or_raise();
+}

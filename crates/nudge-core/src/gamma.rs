@@ -42,6 +42,7 @@ use crate::knn::{row_norms2, Engine, Mode};
 use crate::la::abt_into;
 use crate::metrics::{better_first, Judged, Metric};
 use crate::nudge::{apply, check_gamma, nudge_n_angle, row_geom, Geom, Method, NegativeRule};
+use crate::partial::{Partial, ShardSpec};
 
 /// How `gamma` is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -293,51 +294,14 @@ impl FitPass {
         vectors: ArrayView2<f32>,
         hooks: &mut Hooks,
     ) -> Result<()> {
-        if keys.len() != vectors.nrows() {
-            return Err(mismatch(
-                "numbers of keys and corpus vectors",
-                vectors.nrows(),
-                keys.len(),
-            ));
-        }
-        if vectors.ncols() != self.dim {
-            return Err(mismatch(
-                "corpus vector dimensions",
-                self.dim,
-                vectors.ncols(),
-            ));
-        }
-        hooks.check()?;
-        let mut sorted = keys.to_vec();
-        sorted.sort_unstable();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(invalid(
-                "keys",
-                format!("key {} appears more than once", w[0]),
-            ));
-        }
-        let norms2 =
-            install(hooks.pool, || row_norms2(vectors)).map_err(|i| NudgeError::NonFinite {
-                what: "corpus batch".into(),
-                index: i,
-            })?;
-        let mut hits = Vec::new();
-        let mut skip = vec![false; keys.len()];
-        for (row, &key) in keys.iter().enumerate() {
-            if let Some(p) = self.moving.position(key) {
-                if self.seen[p] {
-                    return Err(invalid("keys", format!("key {key} appears more than once")));
-                }
-                if norms2[row] == 0.0 {
-                    return Err(NudgeError::ZeroVector {
-                        what: "corpus batch".into(),
-                        index: row,
-                    });
-                }
-                hits.push((row, p));
-                skip[row] = true;
-            }
-        }
+        let (norms2, hits, skip) = check_batch(
+            &self.moving.keys,
+            &self.seen,
+            self.dim,
+            keys,
+            vectors,
+            hooks,
+        )?;
         for &(row, p) in &hits {
             self.original.row_mut(p).assign(&vectors.row(row));
             self.seen[p] = true;
@@ -356,6 +320,109 @@ impl FitPass {
             )?,
             None => hooks.report("scanning corpus", self.rows_seen, None),
         }
+        Ok(())
+    }
+
+    /// What each shard needs to compute its [`Partial`] (see [`crate::partial`]).
+    pub fn shard_spec(&self) -> ShardSpec {
+        let (k, queries) = match &self.engine {
+            Some(e) => (Some(e.k()), self.eval_q.clone()),
+            None => (None, Array2::zeros((0, self.dim))),
+        };
+        ShardSpec {
+            dim: self.dim,
+            k,
+            queries,
+            moving_keys: self.moving.keys.clone(),
+        }
+    }
+
+    /// Adds one shard's result (or a merge of several), as if its rows had been pushed with
+    /// [`push_batch`](Self::push_batch): the same duplicate and zero-vector checks, and the whole
+    /// partial is rejected on bad input. The partial must come from this pass's
+    /// [`shard_spec`](Self::shard_spec).
+    pub fn push_partial(&mut self, p: Partial) -> Result<()> {
+        let k = self.engine.as_ref().map_or(0, |e| e.k());
+        let nq = self.engine.as_ref().map_or(0, |e| e.n_queries());
+        if p.k != k {
+            return Err(mismatch("partial result k", k, p.k));
+        }
+        if p.statics.len() != nq {
+            return Err(mismatch(
+                "partial result validation queries",
+                nq,
+                p.statics.len(),
+            ));
+        }
+        for list in &p.statics {
+            if list.len() > k {
+                return Err(invalid(
+                    "partial",
+                    format!("more than k = {k} static records"),
+                ));
+            }
+            for &(s, key) in list {
+                if s.is_nan() {
+                    return Err(invalid("partial", "a static score is NaN"));
+                }
+                if self.moving.position(key).is_some() {
+                    return Err(invalid(
+                        "partial",
+                        format!("key {key} is a moving record but was sent as a static one"),
+                    ));
+                }
+            }
+        }
+        let mut pos = Vec::with_capacity(p.moving.len());
+        let mut taken = vec![false; self.seen.len()];
+        for (i, (key, v)) in p.moving.iter().enumerate() {
+            let at = self
+                .moving
+                .position(*key)
+                .ok_or_else(|| invalid("partial", format!("key {key} is not a moving record")))?;
+            if self.seen[at] || taken[at] {
+                return Err(invalid("keys", format!("key {key} appears more than once")));
+            }
+            if v.len() != self.dim {
+                return Err(mismatch(
+                    "partial moving vector dimensions",
+                    self.dim,
+                    v.len(),
+                ));
+            }
+            let what = || "partial moving vectors".to_string();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(NudgeError::NonFinite {
+                    what: what(),
+                    index: i,
+                });
+            }
+            if v.iter().all(|&x| x == 0.0) {
+                return Err(NudgeError::ZeroVector {
+                    what: what(),
+                    index: i,
+                });
+            }
+            taken[at] = true;
+            pos.push(at);
+        }
+        for ((_, v), at) in p.moving.into_iter().zip(pos) {
+            self.original
+                .row_mut(at)
+                .assign(&ndarray::ArrayView1::from(&v));
+            self.seen[at] = true;
+            self.n_seen += 1;
+        }
+        if let Some(e) = self.engine.as_mut() {
+            for (q, list) in p.statics.into_iter().enumerate() {
+                for (s, key) in list {
+                    e.offer(q, s, key);
+                }
+            }
+            e.rows_seen += p.rows_seen;
+        }
+        self.rows_seen += p.rows_seen;
+        self.prepared = OnceLock::new();
         Ok(())
     }
 
@@ -835,6 +902,64 @@ impl FitPass {
             curve,
         })
     }
+}
+
+/// Per-row `|d|^2`, (row, moving position) pairs, mask of moving rows.
+pub(crate) type CheckedBatch = (Vec<f64>, Vec<(usize, usize)>, Vec<bool>);
+
+/// Validates one corpus batch against the moving keys (`seen`: those already captured), as
+/// [`FitPass::push_batch`] documents. Returns per-row `|d|^2`, the (row, moving position) pairs
+/// and the mask of moving rows (skipped by the static top-k).
+pub(crate) fn check_batch(
+    moving_keys: &[u64],
+    seen: &[bool],
+    dim: usize,
+    keys: &[u64],
+    vectors: ArrayView2<f32>,
+    hooks: &mut Hooks,
+) -> Result<CheckedBatch> {
+    if keys.len() != vectors.nrows() {
+        return Err(mismatch(
+            "numbers of keys and corpus vectors",
+            vectors.nrows(),
+            keys.len(),
+        ));
+    }
+    if vectors.ncols() != dim {
+        return Err(mismatch("corpus vector dimensions", dim, vectors.ncols()));
+    }
+    hooks.check()?;
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(
+            "keys",
+            format!("key {} appears more than once", w[0]),
+        ));
+    }
+    let norms2 =
+        install(hooks.pool, || row_norms2(vectors)).map_err(|i| NudgeError::NonFinite {
+            what: "corpus batch".into(),
+            index: i,
+        })?;
+    let mut hits = Vec::new();
+    let mut skip = vec![false; keys.len()];
+    for (row, &key) in keys.iter().enumerate() {
+        if let Ok(p) = moving_keys.binary_search(&key) {
+            if seen[p] {
+                return Err(invalid("keys", format!("key {key} appears more than once")));
+            }
+            if norms2[row] == 0.0 {
+                return Err(NudgeError::ZeroVector {
+                    what: "corpus batch".into(),
+                    index: row,
+                });
+            }
+            hits.push((row, p));
+            skip[row] = true;
+        }
+    }
+    Ok((norms2, hits, skip))
 }
 
 /// Start and end (inclusive) of the widest run of maximal values (first on a tie).

@@ -179,6 +179,12 @@ impl Heap {
 /// Query tile height and corpus tile width of the fused GEMM + selection.
 const QB: usize = 128;
 const NB: usize = 512;
+/// Fewest corpus rows per GEMM call. `gemm` picks its kernel (and its blocking of the inner
+/// dimension) from the shape: products of at most 256 entries, a single row or column, and
+/// both sides at most 64 take other paths, whose rounding differs in the last bits. With at
+/// least 257 corpus rows and 2 queries every call takes the main kernel, so a score does not
+/// depend on how rows are batched or sharded (which an exact merge of shards needs).
+const MIN_ROWS: usize = 257;
 /// Work per round between interrupt checks: ~2.5e9 flops per thread (~25 ms), at most 16M
 /// floats of corpus.
 const ROUND_FLOPS_PER_THREAD: f64 = 2.5e9;
@@ -234,6 +240,15 @@ impl Engine {
 
     pub fn n_queries(&self) -> usize {
         self.q.nrows()
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Offers `(s, key)` to query `q`'s heap (as if scored in a batch).
+    pub fn offer(&mut self, q: usize, s: f32, key: u64) -> bool {
+        self.heaps[q].offer(s, key)
     }
 
     /// Per-query lists, best first.
@@ -373,13 +388,31 @@ fn scan(
     if mq == 0 {
         return;
     }
-    scratch.resize(NB * mq, 0.0);
+    // Canonical GEMM shapes (see MIN_ROWS): a single query gets a zero second row, short tiles
+    // are zero-padded.
+    let q1 = (mq == 1).then(|| {
+        let mut a = Array2::zeros((2, q.ncols()));
+        a.row_mut(0).assign(&q.row(0));
+        a
+    });
+    let qv = q1.as_ref().map_or(q.view(), |a| a.view());
+    let w = qv.nrows();
+    let mut pad: Option<Array2<f32>> = None;
+    scratch.resize(NB * w, 0.0);
     let mut j0 = d0;
     while j0 < d1 {
         let j1 = (j0 + NB).min(d1);
         let nb = j1 - j0;
-        // tile[j * mq + i] = d_j . q_i
-        abt_into(ctx.v.slice(s![j0..j1, ..]), q, scratch, mq, 1, 1);
+        let tile = ctx.v.slice(s![j0..j1, ..]);
+        // tile[j * w + i] = d_j . q_i
+        if nb >= MIN_ROWS {
+            abt_into(tile, qv, scratch, w, 1, 1);
+        } else {
+            let p = pad.get_or_insert_with(|| Array2::zeros((MIN_ROWS, qv.ncols())));
+            p.slice_mut(s![..nb, ..]).assign(&tile);
+            p.slice_mut(s![nb.., ..]).fill(0.0);
+            abt_into(p.view(), qv, scratch, w, 1, 1);
+        }
         for jj in 0..nb {
             let j = j0 + jj;
             if let Some(sk) = ctx.skip {
@@ -388,7 +421,7 @@ fn scan(
                 }
             }
             let (sc, b, key) = (ctx.scale[j], ctx.bias[j], ctx.keys[j]);
-            let row = &scratch[jj * mq..(jj + 1) * mq];
+            let row = &scratch[jj * w..jj * w + mq];
             let mut i0 = 0;
             while i0 < mq {
                 let i1 = (i0 + 16).min(mq);

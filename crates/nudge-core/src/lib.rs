@@ -26,6 +26,7 @@ pub mod knn;
 mod la;
 pub mod metrics;
 pub mod nudge;
+pub mod partial;
 pub mod split;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -37,4 +38,5 @@ pub use gradient::{gradients, MovingSet, Qrel};
 pub use knn::{dot_rows, Distance, TopK};
 pub use metrics::{evaluate, Metric, QueryMetrics};
 pub use nudge::{apply, Method, NegativeRule};
+pub use partial::{Partial, ShardPass, ShardSpec};
 pub use split::{permutation, split};

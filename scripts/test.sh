@@ -2,7 +2,7 @@
 # Run every test: core unit tests; then, on each PostgreSQL of the version matrix, the pgrx
 # #[pg_test]s (`cargo pgrx test`) and the SQL regression suites (pg_regress, expected output);
 # last the end-to-end checks against numpy / pytrec_eval on SciFact on PostgreSQL 18, with
-# the release build installed.
+# the release build installed, and the Citus tests on a coordinator + 2 workers.
 # Sets up what is missing first (scripts/setup.sh), so it works on a fresh machine.
 #
 # Version matrix (README "Supported versions"):
@@ -114,6 +114,29 @@ echo "==> PostgreSQL 18: cargo pgrx install --release (for the end-to-end tests)
 start=$SECONDS
 cargo pgrx install --release --pg-config "$(nudge_pg_config)" >/dev/null
 timings+=("PostgreSQL 18: cargo pgrx install --release $((SECONDS - start)) s")
+
+# Citus (coordinator + 2 workers) for tests/python/test_citus.py: Citus built once from the
+# vendored tarball into a copy of the PostgreSQL 18 install (scripts/citus.sh, cached), the
+# release build just installed copied next to it (same server build, same ABI). Without the
+# tarball (a fresh clone outside this workspace) those tests are skipped with a note.
+. scripts/citus.sh
+start=$SECONDS
+citus_rc=0
+citus_build || citus_rc=$?
+[ "$citus_rc" -le 1 ] || { echo "Citus build failed" >&2; exit 1; }
+if [ "$citus_rc" -eq 0 ]; then
+  pg18_config="$(nudge_pg_config)"
+  citus_config="$(citus_pg_config)"
+  cp "$("$pg18_config" --pkglibdir)/nudge.so" "$("$citus_config" --pkglibdir)/"
+  cp "$("$pg18_config" --sharedir)"/extension/nudge* "$("$citus_config" --sharedir)/extension/"
+  citus_dir="$(mktemp -d /tmp/nudge-citus.XXXXXX)"
+  cleanup+=("citus_down '$citus_dir'; rm -rf '$citus_dir'")
+  citus_up "$citus_dir"
+  export CITUS_DIR="$citus_dir" CITUS_BINDIR="$(dirname "$citus_config")" CITUS_COORD_PORT
+  timings+=("Citus: build (cached) + cluster start $((SECONDS - start)) s")
+else
+  echo "==> Citus: not available, tests/python/test_citus.py will be skipped"
+fi
 
 echo "==> timings"
 printf '    %s\n' "${timings[@]}"

@@ -17,6 +17,10 @@ DECLARE
     kind       text;
     backups    bigint;
     restored   bigint;
+    one        bigint;
+    restore    text;
+    citus_method text;
+    bk         record;
 BEGIN
     SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id;
     IF NOT FOUND THEN
@@ -96,18 +100,47 @@ BEGIN
     END IF;
 
     -- Only rows still holding what the fit wrote are restored: a row the application
-    -- updated (or deleted) since keeps its new value.
-    EXECUTE pg_catalog.format(
-        'UPDATE %s AS t SET %I = CAST(%s AS %s) FROM nudge.fit_backups AS b
-          WHERE b.fit_id = $1 AND b.corpus = $2 AND t.%I = CAST(b.row_id AS %s)
-            AND public.nudge_digest(%s) = b.written',
+    -- updated (or deleted) since keeps its new value. One UPDATE joined to the backups; Citus
+    -- runs it on every shard of a distributed table, with the backups shipped along (filtered
+    -- here first, behind OFFSET 0: a regclass shipped to a worker is the coordinator's OID,
+    -- which names nothing there). Citus
+    -- refuses that join on its other tables (reference and Citus-managed local tables: the
+    -- table is not distributed), which are restored row by row instead.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        EXECUTE 'SELECT p.partmethod::text FROM pg_catalog.pg_dist_partition AS p WHERE p.logicalrelid = $1'
+           INTO citus_method USING f.corpus;
+    END IF;
+    restore := pg_catalog.format(
+        'UPDATE %s AS t SET %I = CAST(%s AS %s)
+           FROM (SELECT x.row_id, x.original, x.original_double, x.written FROM nudge.fit_backups AS x
+                  WHERE x.fit_id = $1 AND x.corpus = $2 OFFSET 0) AS b
+          WHERE t.%I = CAST(b.row_id AS %s) AND public.nudge_digest(%s) = b.written',
         f.corpus, f.embedding,
         CASE col_type WHEN 'double precision[]' THEN 'b.original_double' ELSE 'b.original' END,
         col_type, f.id_column, id_type,
         CASE kind WHEN 'array' THEN pg_catalog.format('t.%I', f.embedding)
-                  ELSE pg_catalog.format('CAST(t.%I AS real[])', f.embedding) END)
-    USING f.fit_id, f.corpus;
-    GET DIAGNOSTICS restored = ROW_COUNT;
+                  ELSE pg_catalog.format('CAST(t.%I AS real[])', f.embedding) END);
+    IF citus_method IS NULL OR citus_method <> 'n' THEN
+        EXECUTE restore USING f.fit_id, f.corpus;
+        GET DIAGNOSTICS restored = ROW_COUNT;
+    ELSE
+        restored := 0;
+        restore := pg_catalog.format(
+            'UPDATE %s AS t SET %I = CAST($1 AS %s) WHERE t.%I = CAST($2 AS %s) AND public.nudge_digest(%s) = $3',
+            f.corpus, f.embedding, col_type, f.id_column, id_type,
+            CASE kind WHEN 'array' THEN pg_catalog.format('t.%I', f.embedding)
+                      ELSE pg_catalog.format('CAST(t.%I AS real[])', f.embedding) END);
+        FOR bk IN SELECT x.row_id, x.original, x.original_double, x.written FROM nudge.fit_backups AS x
+                  WHERE x.fit_id = f.fit_id AND x.corpus = f.corpus LOOP
+            IF col_type = 'double precision[]' THEN
+                EXECUTE restore USING bk.original_double, bk.row_id, bk.written;
+            ELSE
+                EXECUTE restore USING bk.original, bk.row_id, bk.written;
+            END IF;
+            GET DIAGNOSTICS one = ROW_COUNT;
+            restored := restored + one;
+        END LOOP;
+    END IF;
 
     UPDATE nudge.fits AS x SET status = 'reverted', reverted_at = pg_catalog.now() WHERE x.fit_id = f.fit_id;
     IF restored < backups THEN

@@ -148,7 +148,7 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
     let n_labelled = judged.keys.len() as u64;
     let key_of: HashMap<&str, u64> = judged.keys.iter().map(|(d, k)| (d.as_str(), *k)).collect();
     let total = read::estimated_rows(corpus.oid);
-    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, false);
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, "");
     let mut ordinal = 0u64;
     let pusher = exec::Pusher::start(topk, dim, |t: &mut TopK, keys, vectors| {
         t.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())

@@ -10,6 +10,7 @@
 
 use pgrx::prelude::*;
 
+mod citus;
 mod columns;
 mod error;
 mod evaluate;

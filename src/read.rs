@@ -450,15 +450,9 @@ pub fn qrels_for(
     out
 }
 
-/// The corpus scan: `SELECT id::text, embedding [, tableoid, ctid] FROM corpus`.
-pub fn scan_sql(id: &Column, emb: &Column, rel_sql: &str, with_address: bool) -> String {
-    format!(
-        "SELECT t.{}::text, t.{}{} FROM {} AS t",
-        id.ident,
-        emb.ident,
-        if with_address { ", t.tableoid, t.ctid" } else { "" },
-        rel_sql
-    )
+/// The corpus scan: `SELECT t.id::text, t.embedding <extra> FROM corpus AS t`.
+pub fn scan_sql(id: &Column, emb: &Column, rel_sql: &str, extra: &str) -> String {
+    format!("SELECT t.{}::text, t.{}{extra} FROM {rel_sql} AS t", id.ident, emb.ident)
 }
 
 /// Planner's row estimate, for progress only.

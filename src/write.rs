@@ -17,16 +17,90 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
+use crate::citus::Placement;
 use crate::columns::{Column, VecKind};
 use crate::error::OrRaise;
 use crate::exec::Reporter;
 
-/// One row to write: where it is, its id, and the vector to store.
-pub struct RowWrite {
-    pub tableoid: pg_sys::Oid,
-    pub tid: u64,
+/// Where a row to write is.
+#[derive(Clone)]
+pub enum At {
+    /// `(tableoid, ctid)`, captured by the pass under the fit's lock: plain tables.
+    Tid { tableoid: pg_sys::Oid, tid: u64 },
+    /// The id, and the distribution column's value (as text) when that is another column:
+    /// Citus tables, whose shards each have their own ctids. Citus routes each row's write to
+    /// its shard.
+    Key { dist: Option<String> },
+}
+
+/// A row a fit may write: its id (text) and where it is.
+#[derive(Clone)]
+pub struct RowAddr {
     pub id: String,
+    pub at: At,
+}
+
+/// One row to write and the vector to store.
+pub struct RowWrite {
+    pub addr: RowAddr,
     pub vector: Vec<f32>,
+}
+
+/// How the rows of a batch are found: the `input` relation (`unnest` of `$2`, `$3` with
+/// ordinality), and the condition joining row alias `t` to input row `i`.
+struct Addressing {
+    input: &'static str,
+    matches: String,
+}
+
+fn addressing(placement: &Placement, id: &Column) -> Addressing {
+    match placement {
+        Placement::Local => Addressing {
+            input: "unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)",
+            matches: "t.tableoid = i.toid AND t.ctid = i.tid".into(),
+        },
+        Placement::Citus { dist, .. } => Addressing {
+            input: "unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(id, dist, ord)",
+            matches: key_match(id, dist.as_ref(), "i.id", "i.dist"),
+        },
+    }
+}
+
+/// `t.id = CAST(<id> AS type) [AND t.dist = CAST(<dist> AS type)]`: the row by its key, in the
+/// columns' own types (so Citus can route it and indexes apply).
+fn key_match(id: &Column, dist: Option<&Column>, id_expr: &str, dist_expr: &str) -> String {
+    let mut s = format!("t.{} = CAST({id_expr} AS {})", id.ident, id.type_sql);
+    if let Some(d) = dist {
+        s += &format!(" AND t.{} = CAST({dist_expr} AS {})", d.ident, d.type_sql);
+    }
+    s
+}
+
+/// The batch's addresses as the two array parameters `$2`, `$3` of [`addressing`].
+fn address_args(rows: &[RowWrite]) -> [DatumWithOid<'static>; 2] {
+    match rows.first().map(|r| &r.addr.at) {
+        Some(At::Key { .. }) => {
+            let ids: Vec<String> = rows.iter().map(|r| r.addr.id.clone()).collect();
+            let dists: Vec<Option<String>> = rows
+                .iter()
+                .map(|r| match &r.addr.at {
+                    At::Key { dist } => dist.clone(),
+                    At::Tid { .. } => None,
+                })
+                .collect();
+            [ids.into(), dists.into()]
+        }
+        _ => {
+            let (tids, toids): (Vec<pg_sys::ItemPointerData>, Vec<pg_sys::Oid>) = rows
+                .iter()
+                .map(|r| match r.addr.at {
+                    At::Tid { tableoid, tid } => (tid_datum(tid), tableoid),
+                    At::Key { .. } => (tid_datum(0), pg_sys::InvalidOid),
+                })
+                .unzip();
+            [tids.into(), toids.into()]
+        }
+    }
 }
 
 fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
@@ -87,8 +161,10 @@ fn real_array(values: &[f32]) -> DatumWithOid<'static> {
 const NULL_ELEMENT: f64 = f64::from_bits(0x7FF8_0000_DEAD_0001);
 
 /// Overwrite `col` in place for `rows`, backing up the previous values under `fit_id`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_in_place(
     rel: pg_sys::Oid,
+    placement: &Placement,
     id: &Column,
     col: &Column,
     kind: VecKind,
@@ -98,13 +174,14 @@ pub fn write_in_place(
 ) -> i64 {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row (a slice's lower bound is 1), and a parameterized TID scan
-    // finds each row. (Measured against one statement per row: no difference; the cost of a
-    // row is the update and its backup, BENCHMARKS.md.)
+    // (or, on Citus, the key, routed to the row's shard) finds each row. (Measured against one
+    // statement per row: no difference; the cost of a row is the update and its backup,
+    // BENCHMARKS.md.)
     let backup_col = backup_expr("t", col, kind).1;
-    let input = "input AS (SELECT u.tid, u.toid, u.ord FROM unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord))";
+    let Addressing { input, matches } = addressing(placement, id);
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST($1[(i.ord - 1) * $6 + 1 : i.ord * $6] AS {ty})
-           FROM input AS i WHERE t.tableoid = i.toid AND t.ctid = i.tid",
+           FROM input AS i WHERE {matches}",
         rel = col.rel_sql,
         col = col.ident,
         ty = col.type_sql,
@@ -113,7 +190,7 @@ pub fn write_in_place(
     // old values are read in a second scan of the same rows.
     #[cfg(feature = "pg18")]
     let sql = format!(
-        "WITH {input},
+        "WITH input AS (SELECT * FROM {input}),
               upd AS ({set}
                       RETURNING old.{id}::text AS row_id, {original} AS original, public.nudge_digest({written}) AS written)
          INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
@@ -124,14 +201,14 @@ pub fn write_in_place(
     );
     #[cfg(not(feature = "pg18"))]
     let sql = format!(
-        "WITH {input},
-              old AS (SELECT t.ctid AS tid, t.tableoid AS toid, t.{id}::text AS row_id, {original} AS original
-                        FROM {rel} AS t JOIN input AS i ON t.tableoid = i.toid AND t.ctid = i.tid),
+        "WITH input AS (SELECT * FROM {input}),
+              old AS (SELECT i.ord, t.{id}::text AS row_id, {original} AS original
+                        FROM {rel} AS t JOIN input AS i ON {matches}),
               upd AS ({set}
-                      RETURNING i.tid, i.toid, public.nudge_digest({original}) AS written)
+                      RETURNING i.ord, public.nudge_digest({original}) AS written)
          INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
          SELECT $4, $5, old.row_id, old.original, upd.written
-           FROM old JOIN upd ON old.tid = upd.tid AND old.toid = upd.toid",
+           FROM old JOIN upd ON old.ord = upd.ord",
         id = id.ident,
         rel = col.rel_sql,
         original = backup_expr("t", col, kind).0,
@@ -146,12 +223,11 @@ pub fn write_in_place(
         let mut stmt = None;
         for chunk in rows.chunks(WRITE_BATCH) {
             let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
-            let tids: Vec<pg_sys::ItemPointerData> = chunk.iter().map(|r| tid_datum(r.tid)).collect();
-            let toids: Vec<pg_sys::Oid> = chunk.iter().map(|r| r.tableoid).collect();
+            let [at1, at2] = address_args(chunk);
             let args: Vec<DatumWithOid> = vec![
                 real_array(&vectors),
-                tids.into(),
-                toids.into(),
+                at1,
+                at2,
                 fit_id.into(),
                 unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
                 (dim as i32).into(),
@@ -174,6 +250,7 @@ const WRITE_BATCH: usize = 256;
 
 /// Fill `target` for every row: `rows` get their given vectors, all others a copy of `source`.
 pub fn write_target(
+    placement: &Placement,
     id: &Column,
     source: &Column,
     target: &Column,
@@ -181,7 +258,7 @@ pub fn write_target(
     reporter: &mut Reporter,
 ) -> i64 {
     // First the copy for all other rows (rows to write keep their ctid until written).
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.addr.id.clone()).collect();
     let copy = format!(
         "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE NOT (t.{id}::text = ANY($1))",
         rel = source.rel_sql,
@@ -191,13 +268,23 @@ pub fn write_target(
     );
     reporter.report("copying the source column into the target", 0, None);
     Spi::connect_mut(|client| client.update(copy.as_str(), None, &[ids.into()]).map(|_| ())).or_raise();
+    let matches = match placement {
+        Placement::Local => "t.tableoid = $3 AND t.ctid = $2".to_string(),
+        Placement::Citus { dist, .. } => key_match(id, dist.as_ref(), "$2", "$3"),
+    };
     let sql = format!(
-        "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE t.tableoid = $3 AND t.ctid = $2",
+        "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE {matches}",
         rel = source.rel_sql,
         tgt = target.ident,
         ty = target.type_sql,
     );
-    run_rows(&sql, rows, reporter, |r| vec![r.vector.clone().into(), tid_datum(r.tid).into(), r.tableoid.into()])
+    run_rows(&sql, rows, reporter, |r| {
+        let [at1, at2] = match &r.addr.at {
+            At::Tid { tableoid, tid } => [tid_datum(*tid).into(), (*tableoid).into()],
+            At::Key { dist } => [r.addr.id.clone().into(), dist.clone().into()],
+        };
+        vec![r.vector.clone().into(), at1, at2]
+    })
 }
 
 /// Execute a prepared statement once per row, checking interrupts and reporting progress.

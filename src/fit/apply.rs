@@ -7,13 +7,13 @@ use nudge_core::gamma::FitOutcome;
 
 use super::inputs::Corpus;
 use super::originals::Originals;
-use super::pass::{Addresses, RowAddr};
+use super::pass::Addresses;
 use crate::exec::Reporter;
-use crate::write::{self, RowWrite};
+use crate::write::{self, RowAddr, RowWrite};
 
 /// The rows to write and the number of records this fit changes.
 pub fn rows_to_write(outcome: &FitOutcome, moving: &Addresses, originals: &Originals) -> (Vec<RowWrite>, i64) {
-    let row = |a: &RowAddr, vector: Vec<f32>| RowWrite { tableoid: a.tableoid, tid: a.tid, id: a.id.clone(), vector };
+    let row = |a: &RowAddr, vector: Vec<f32>| RowWrite { addr: a.clone(), vector };
     let mut rows: Vec<RowWrite> = Vec::new();
     let mut changed_now: HashSet<u64> = HashSet::new();
     for (i, &k) in outcome.keys.iter().enumerate() {
@@ -39,8 +39,8 @@ pub fn write(corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Rep
         return 0;
     }
     match &corpus.target {
-        None => write::write_in_place(corpus.oid, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, reporter),
-        Some(t) => write::write_target(&corpus.id, &corpus.emb, t, rows, reporter),
+        None => write::write_in_place(corpus.oid, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, reporter),
+        Some(t) => write::write_target(&corpus.placement, &corpus.id, &corpus.emb, t, rows, reporter),
     };
     rows.len() as i64
 }

@@ -4,6 +4,7 @@
 use pgrx::prelude::*;
 
 use super::config::{invalid, FitArgs};
+use crate::citus::{self, Placement};
 use crate::columns::{self, Column, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 
@@ -19,6 +20,8 @@ pub struct Corpus {
     pub target: Option<Column>,
     /// Whether the fit writes (not a dry run).
     pub writing: bool,
+    /// A plain table, or a Citus table (rows addressed by id and distribution column).
+    pub placement: Placement,
 }
 
 /// Resolve the corpus, its id / embedding / target columns, and when writing check it is a
@@ -56,5 +59,6 @@ pub fn resolve(a: &FitArgs) -> Corpus {
         }
         Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", rel.sql)).or_raise();
     }
-    Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing }
+    let placement = citus::placement(a.corpus, &id);
+    Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, placement }
 }

@@ -13,14 +13,9 @@ use super::labels::Labels;
 use super::originals::{Original, Originals};
 use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
+use crate::citus::Placement;
 use crate::read::{self, push_embedding, Row};
-
-/// Where a row the fit may write lives, captured during the pass.
-pub struct RowAddr {
-    pub tableoid: pg_sys::Oid,
-    pub tid: u64,
-    pub id: String,
-}
+use crate::write::{At, RowAddr};
 
 /// Rows the fit may write, found by the pass (empty unless writing).
 pub struct Addresses {
@@ -39,7 +34,7 @@ pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Origin
     let mut rows = RowKeys::new(labels, corpus);
     let (mut moving, mut previously_moved) = (HashMap::new(), Vec::new());
     let mut dim = labels.dim;
-    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, corpus.writing);
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, &address_columns(corpus));
     let pusher = exec::Pusher::start(pass, dim, |p: &mut FitPass, keys, vectors| {
         p.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
     });
@@ -60,7 +55,7 @@ pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Origin
                 buf.truncate(current);
                 buf.extend_from_slice(&o.original);
                 if corpus.writing {
-                    previously_moved.push((address(row, rid.clone()), key));
+                    previously_moved.push((address(corpus, row, rid.clone()), key));
                 }
             }
             None if buf[current..].iter().all(|v| *v == 0.0) => raise_with(
@@ -72,7 +67,7 @@ pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Origin
             None => {}
         }
         if corpus.writing && moving_keys.contains(&key) {
-            moving.insert(key, address(row, rid));
+            moving.insert(key, address(corpus, row, rid));
         }
         batch_keys.push(key);
         if pusher.push_if_full(&mut batch_keys, &mut buf) {
@@ -86,10 +81,27 @@ pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Origin
     (pass, Addresses { moving, previously_moved })
 }
 
-/// `tableoid` and `ctid` of a row scanned with addresses (columns 3 and 4).
-fn address(row: &Row, id: String) -> RowAddr {
-    let tableoid = row.datum(3).and_then(|d| unsafe { pg_sys::Oid::from_datum(d, false) }).expect("tableoid is never NULL");
-    RowAddr { tableoid, tid: row.tid(4).expect("ctid is never NULL"), id }
+/// What the scan reads beside id and embedding to address the rows a writing fit writes:
+/// `tableoid, ctid` on a plain table, the distribution column's value on a Citus table
+/// distributed by another column than the id.
+fn address_columns(corpus: &Corpus) -> String {
+    match (&corpus.placement, corpus.writing) {
+        (_, false) | (Placement::Citus { dist: None, .. }, _) => String::new(),
+        (Placement::Local, true) => ", t.tableoid, t.ctid".into(),
+        (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::text", d.ident),
+    }
+}
+
+/// The address of a row scanned with [`address_columns`] (from column 3 on).
+fn address(corpus: &Corpus, row: &Row, id: String) -> RowAddr {
+    let at = match &corpus.placement {
+        Placement::Local => At::Tid {
+            tableoid: row.datum(3).and_then(|d| unsafe { pg_sys::Oid::from_datum(d, false) }).expect("tableoid is never NULL"),
+            tid: row.tid(4).expect("ctid is never NULL"),
+        },
+        Placement::Citus { dist, .. } => At::Key { dist: dist.as_ref().and_then(|_| row.text(3)) },
+    };
+    RowAddr { id, at }
 }
 
 /// Record keys of scanned rows: labelled ids have theirs (each must appear once), other rows

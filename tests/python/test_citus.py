@@ -1,0 +1,203 @@
+"""nudge on a Citus cluster (coordinator + 2 workers): fits, evaluation, revert and refit on
+distributed tables (by id and by another column), a reference table and a plain table of the
+same Citus database give the single-node results.
+
+The cluster is the one scripts/test.sh starts (scripts/citus.sh) and names in CITUS_COORD_PORT
+and CITUS_DIR; without it (no Citus tarball or build) every test here is skipped with a note.
+SciFact is loaded from data/scifact. The plain table `docs_local` on the coordinator is the
+single-node reference: a plain table is fitted exactly as on a server without Citus (the
+end-to-end tests check that path against numpy).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from pg_util import DIM, parse_vec, vec_text
+
+PORT = os.environ.get("CITUS_COORD_PORT")
+pytestmark = pytest.mark.skipif(not PORT, reason="no Citus cluster (scripts/citus.sh needs the "
+                                                 "Citus tarball in ../shared/vendor or a built copy)")
+DB = os.environ.get("CITUS_DB", "nudge_citus")
+VECTOR_TOL = 1e-6
+TABLES = {  # name -> how it is placed
+    "docs_local": None,
+    "docs_by_id": "SELECT create_distributed_table('docs_by_id', 'id')",
+    "docs_by_tenant": "SELECT create_distributed_table('docs_by_tenant', 'tenant')",
+    "docs_ref": "SELECT create_reference_table('docs_ref')",
+}
+FIT = ("fit_id", "gamma", "records_changed", "validation_before", "validation_after")
+
+
+def connect():
+    import psycopg
+    return psycopg.connect(host="127.0.0.1", port=int(PORT), user="postgres", dbname=DB,
+                           autocommit=True, connect_timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(ref):
+    """The coordinator with SciFact in every placement, and the paper split's queries."""
+    conn = connect()
+    ds = ref.ds
+    conn.execute("SET client_min_messages = warning")
+    for t in list(TABLES) + ["q_train", "q_val", "q_test", "r_train", "r_val", "r_test"]:
+        conn.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+    conn.execute("DROP EXTENSION IF EXISTS nudge CASCADE")
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute("CREATE EXTENSION nudge")
+    for t, distribute in TABLES.items():
+        key = "PRIMARY KEY (tenant, id)" if t == "docs_by_tenant" else "PRIMARY KEY (id)"
+        conn.execute(f"CREATE TABLE {t} (id text, tenant int NOT NULL, embedding vector({DIM}), "
+                     f"nudged vector({DIM}), {key})")
+        with conn.cursor() as cur, cur.copy(f"COPY {t} (id, tenant, embedding) FROM STDIN") as cp:
+            for i, (did, row) in enumerate(zip(ds.doc_ids, ds.docs)):
+                cp.write_row((did, i % 7, vec_text(row)))
+        if distribute:
+            conn.execute(distribute)
+    for name, ids in (("train", ref.train), ("val", ref.val), ("test", ref.test)):
+        conn.execute(f"CREATE TABLE q_{name} (id text PRIMARY KEY, embedding vector({DIM}))")
+        conn.execute(f"CREATE TABLE r_{name} (query_id text, doc_id text, score int)")
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY q_{name} (id, embedding) FROM STDIN") as cp:
+                for qid, row in zip(ids, ds.query_matrix(ids)):
+                    cp.write_row((qid, vec_text(row)))
+            with cur.copy(f"COPY r_{name} (query_id, doc_id, score) FROM STDIN") as cp:
+                for qid in ids:
+                    for did, score in sorted(ds.qrels.get(qid, {}).items()):
+                        cp.write_row((qid, did, score))
+    conn.execute("ANALYZE")
+    yield conn
+    conn.close()
+
+
+def vectors(conn, table, column="embedding"):
+    return {rid: parse_vec(text) for rid, text in
+            conn.execute(f"SELECT id, {column}::text FROM {table}")}
+
+
+def fit(conn, table, **kw):
+    args = dict(validation_queries="q_val", validation_qrels="r_val", **kw)
+    named = "".join(f", {k} => %({k})s" for k in args)
+    row = conn.execute(f"SELECT {', '.join(FIT)} FROM nudge_fit(%(t)s::regclass, 'embedding', "
+                       f"'q_train', 'r_train'{named})", dict(t=table, **args)).fetchone()
+    return dict(zip(FIT, row))
+
+
+def table_md5(conn, table):
+    return conn.execute(f"SELECT md5(string_agg(t::text, ';' ORDER BY tenant, id)) FROM {table} AS t").fetchone()[0]
+
+
+def assert_same_vectors(got, exp, tol=VECTOR_TOL):
+    assert got.keys() == exp.keys()
+    worst = max(float(np.max(np.abs(got[k] - exp[k]))) for k in exp)
+    assert worst <= tol, f"largest difference {worst}"
+
+
+def test_placements_are_what_citus_says(cluster):
+    rows = dict(cluster.execute(
+        "SELECT logicalrelid::text, partmethod::text FROM pg_dist_partition "
+        "WHERE logicalrelid::text LIKE 'docs_%'").fetchall())
+    assert rows == {"docs_by_id": "h", "docs_by_tenant": "h", "docs_ref": "n"}
+    shards = cluster.execute("SELECT count(DISTINCT nodeport) FROM citus_shards "
+                             "WHERE table_name = 'docs_by_id'::regclass").fetchone()[0]
+    assert shards == 2
+
+
+@pytest.mark.parametrize("search", [dict(), dict(gamma_search="reference"),
+                                    dict(method="nudge_m"), dict(gamma=0.2)],
+                         ids=["best", "reference", "nudge_m", "fixed"])
+def test_dry_run_equals_single_node(cluster, search):
+    local = fit(cluster, "docs_local", dry_run=True, **search)
+    for t in ("docs_by_id", "docs_by_tenant", "docs_ref"):
+        got = fit(cluster, t, dry_run=True, **search)
+        for k in FIT[1:]:
+            assert got[k] == pytest.approx(local[k], abs=1e-12), (t, k)
+
+
+def test_evaluate_equals_single_node(cluster):
+    q = "SELECT queries, ndcg, recall, capped_recall, mrr FROM nudge_evaluate(%s::regclass, 'embedding', 'q_test', 'r_test')"
+    local = cluster.execute(q, ("docs_local",)).fetchone()
+    for t in ("docs_by_id", "docs_by_tenant", "docs_ref"):
+        assert cluster.execute(q, (t,)).fetchone() == pytest.approx(local, abs=1e-12), t
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant", "docs_ref"])
+def test_applied_fit_revert_refit(cluster, table):
+    """In place: same gamma, records and vectors as the plain table; revert restores every
+    vector bit for bit; a refit starts from the originals and gives the same result again."""
+    conn = cluster
+    original = vectors(conn, table)
+    local = fit(conn, "docs_local")
+    local_vectors = vectors(conn, "docs_local")
+    got = fit(conn, table)
+    for k in FIT[1:]:
+        assert got[k] == pytest.approx(local[k], abs=1e-12), k
+    fitted = vectors(conn, table)
+    assert_same_vectors(fitted, local_vectors)
+    assert sum(not np.array_equal(fitted[k], original[k]) for k in original) == got["records_changed"]
+
+    refit = dict(zip(FIT, conn.execute(f"SELECT {', '.join(FIT)} FROM nudge_refit(%s)",
+                                       (got["fit_id"],)).fetchone()))
+    assert refit["gamma"] == got["gamma"] and refit["records_changed"] == got["records_changed"]
+    assert_same_vectors(vectors(conn, table), local_vectors)
+
+    assert conn.execute("SELECT nudge_revert(%s)", (refit["fit_id"],)).fetchone()[0] == got["records_changed"]
+    conn.execute("SELECT nudge_revert(%s)", (got["fit_id"],))
+    reverted = vectors(conn, table)
+    assert all(np.array_equal(reverted[k], original[k]) for k in original)
+    conn.execute("SELECT nudge_revert(%s)", (local["fit_id"],))
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
+def test_target_column(cluster, table):
+    conn = cluster
+    local = fit(conn, "docs_local", target="nudged", gamma=0.2)
+    got = fit(conn, table, target="nudged", gamma=0.2)
+    assert got["records_changed"] == local["records_changed"]
+    assert_same_vectors(vectors(conn, table, "nudged"), vectors(conn, "docs_local", "nudged"))
+    exact = vectors(conn, table)
+    assert all(np.array_equal(v, exact[k]) for k, v in vectors(conn, "docs_local").items())
+
+
+def test_worker_down_changes_nothing(cluster):
+    """A fit that cannot reach a worker fails with a connection error and writes nothing."""
+    import psycopg
+    datadir = os.path.join(os.environ["CITUS_DIR"], "worker2")
+    bindir = os.environ["CITUS_BINDIR"]
+    before = vectors(cluster, "docs_by_id")
+    fits = cluster.execute("SELECT count(*) FROM nudge.fits").fetchone()[0]
+    pg_ctl = [f"{bindir}/pg_ctl", "-D", datadir, "-w", "-t", "60"]
+    if os.getuid() == 0:
+        pg_ctl = ["runuser", "-u", os.environ.get("NUDGE_PG_USER", "postgres"), "--"] + pg_ctl
+    subprocess.run(pg_ctl + ["-m", "fast", "stop"], check=True, capture_output=True)
+    try:
+        with pytest.raises(psycopg.Error) as e:
+            fit(cluster, "docs_by_id")
+        assert e.value.sqlstate is not None and e.value.sqlstate[:2] in ("08", "XX", "57"), e.value
+    finally:
+        subprocess.run(pg_ctl + ["-l", f"{datadir}/server.log", "start"], check=True, capture_output=True)
+    assert cluster.execute("SELECT count(*) FROM nudge.fits").fetchone()[0] == fits
+    after = vectors(cluster, "docs_by_id")
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+
+
+def test_duplicate_id_across_tenants_is_refused(cluster):
+    """Distributed by tenant, the same labelled id in two shards: 23505, nothing changed."""
+    import psycopg
+    conn = cluster
+    did = conn.execute("SELECT doc_id FROM r_train LIMIT 1").fetchone()[0]
+    conn.execute("INSERT INTO docs_by_tenant (id, tenant, embedding) "
+                 "SELECT id, tenant + 100, embedding FROM docs_by_tenant WHERE id = %s", (did,))
+    try:
+        before = table_md5(conn, "docs_by_tenant")
+        with pytest.raises(psycopg.Error) as e:
+            fit(conn, "docs_by_tenant")
+        assert e.value.sqlstate == "23505", e.value
+        assert "appears more than once" in str(e.value)
+        assert table_md5(conn, "docs_by_tenant") == before
+    finally:
+        conn.execute("DELETE FROM docs_by_tenant WHERE id = %s AND tenant >= 100", (did,))

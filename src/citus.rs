@@ -16,8 +16,10 @@ use crate::columns::{self, Column};
 pub enum Placement {
     /// A plain PostgreSQL table (also on a Citus coordinator): rows addressed by ctid.
     Local,
-    /// A Citus table: rows addressed by id, and by the distribution column when it is not the id.
-    Citus { dist: Option<Column> },
+    /// A Citus table: rows addressed by id, and by the distribution column when it is not the
+    /// id. `sharded`: a distributed table with shards on the workers (not a reference, local
+    /// or single-shard table), whose corpus pass can run on the shards.
+    Citus { dist: Option<Column>, sharded: bool },
 }
 
 /// The placement of table `rel` whose id column is `id`.
@@ -27,15 +29,16 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
         return Placement::Local; // (pg_dist_partition exists only with Citus)
     }
     let row = Spi::get_two_with_args::<bool, String>(
-        "SELECT true, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+        "SELECT p.partmethod <> 'n', pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
            FROM pg_catalog.pg_dist_partition AS p WHERE p.logicalrelid = $1::oid::regclass",
         &[rel.into()],
     );
     match row {
-        Ok((Some(true), column)) => Placement::Citus {
+        Ok((Some(sharded), column)) => Placement::Citus {
             dist: column
                 .filter(|c| *c != id.name)
                 .map(|c| columns::relation(rel).column(&c, "the distribution column")),
+            sharded,
         },
         _ => Placement::Local,
     }

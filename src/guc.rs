@@ -10,6 +10,9 @@ pub static BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Report progress of long fits and evaluations as NOTICEs.
 pub static PROGRESS: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Run the corpus pass of a fit on the shards of a Citus distributed table (off: read every
+/// row on the coordinator).
+pub static CITUS_PUSHDOWN: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Seconds between two progress reports within a phase.
 pub static PROGRESS_INTERVAL: GucSetting<f64> = GucSetting::<f64>::new(2.0);
 
@@ -39,6 +42,14 @@ pub fn init() {
         c"Report the phase, rows done and elapsed time of long fits and evaluations as NOTICEs.",
         c"",
         &PROGRESS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nudge.citus_pushdown",
+        c"Run the corpus pass of nudge_fit on the shards of a Citus distributed table.",
+        c"Each shard sends back only its top-k per validation query and its moving records; off reads every row on the coordinator.",
+        &CITUS_PUSHDOWN,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -18,6 +18,7 @@ mod exec;
 mod fit;
 mod guc;
 mod read;
+mod shard;
 mod write;
 
 ::pgrx::pg_module_magic!();

@@ -12,8 +12,8 @@
 //!  6. `apply`: the rows to write, written (backing up what is overwritten);
 //!  7. `record`: the fit's row in nudge.fits.
 //!
-//! The corpus pass and the write are the only phases with more than one form (local here;
-//! the seam for distributed tables). A refit starts from the original vectors
+//! The corpus pass and the write are the only phases with more than one form: on a Citus
+//! distributed table the pass runs on the shards (`pushdown`) and rows are written by key. A refit starts from the original vectors
 //! (`originals`): rows changed by earlier applied in-place fits of the same column are read
 //! from their oldest backup, and rows no longer moved are written back to their originals.
 
@@ -23,13 +23,16 @@ mod inputs;
 mod labels;
 mod originals;
 mod pass;
+mod pushdown;
 mod record;
 
 use nudge_core::gamma::{FitPass, Selection};
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 
+use crate::citus::Placement;
 use crate::error::{raise, OrRaise, PgSqlErrorCode as Code};
+use crate::guc;
 use crate::exec::{self, Reporter};
 use config::{required, FitArgs};
 
@@ -215,7 +218,12 @@ fn run(a: &FitArgs) -> FitRow {
     let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
     let originals = originals::read(a.corpus, &corpus.emb);
 
-    let (pass, addresses) = pass::local(&corpus, &labels, pass, &originals, &mut reporter);
+    let (pass, addresses) = match corpus.placement {
+        Placement::Citus { sharded: true, .. } if guc::CITUS_PUSHDOWN.get() => {
+            pushdown::pass(&corpus, &labels, pass, &originals, &mut reporter)
+        }
+        _ => pass::local(&corpus, &labels, pass, &originals, &mut reporter),
+    };
     let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 

@@ -201,3 +201,50 @@ def test_duplicate_id_across_tenants_is_refused(cluster):
         assert table_md5(conn, "docs_by_tenant") == before
     finally:
         conn.execute("DELETE FROM docs_by_tenant WHERE id = %s AND tenant >= 100", (did,))
+
+
+def test_pass_runs_on_the_shards(cluster, ref):
+    """The pass is pushed down (32 shards answer; far fewer bytes than the corpus reach the
+    coordinator) and gives what reading every row on the coordinator gives."""
+    notices = []
+
+    def keep(d):
+        notices.append(d.message_primary)
+
+    cluster.add_notice_handler(keep)
+    try:
+        cluster.execute("SET client_min_messages = debug1")
+        pushed = fit(cluster, "docs_by_id", dry_run=True)
+        cluster.execute("SET client_min_messages = warning")
+    finally:
+        cluster.execute("RESET client_min_messages")
+        cluster.remove_notice_handler(keep)
+    answered = [m for m in notices if "shards of docs_by_id answered" in m]
+    assert len(answered) == 1 and answered[0].startswith("nudge_fit: 32 shards"), notices
+    corpus_bytes = ref.ds.docs.nbytes
+    assert int(answered[0].split()[-2]) < corpus_bytes / 4
+    cluster.execute("SET nudge.citus_pushdown = off")
+    try:
+        pulled = fit(cluster, "docs_by_id", dry_run=True)
+    finally:
+        cluster.execute("RESET nudge.citus_pushdown")
+    for k in FIT[1:]:
+        assert pushed[k] == pytest.approx(pulled[k], abs=1e-12), k
+
+
+def test_shard_error_keeps_its_sqlstate(cluster):
+    """Bad data found on a worker is raised on the coordinator with its SQLSTATE; nothing changes."""
+    import psycopg
+    rid = cluster.execute("SELECT id FROM docs_by_id WHERE id NOT IN (SELECT doc_id FROM r_train) "
+                          "ORDER BY id LIMIT 1").fetchone()[0]
+    saved = cluster.execute("SELECT embedding::text FROM docs_by_id WHERE id = %s", (rid,)).fetchone()[0]
+    cluster.execute(f"UPDATE docs_by_id SET embedding = array_fill(0, ARRAY[{DIM}])::vector WHERE id = %s", (rid,))
+    try:
+        before = table_md5(cluster, "docs_by_id")
+        with pytest.raises(psycopg.Error) as e:
+            fit(cluster, "docs_by_id")
+        assert e.value.sqlstate == "22000", e.value
+        assert f'row "{rid}"' in str(e.value) and "zero vector" in str(e.value)
+        assert table_md5(cluster, "docs_by_id") == before
+    finally:
+        cluster.execute("UPDATE docs_by_id SET embedding = %s::vector WHERE id = %s", (saved, rid))

@@ -1,0 +1,279 @@
+//! The corpus pass of a fit pushed down to the shards of a Citus distributed table.
+//!
+//! The coordinator sends every shard the same [`Request`] (the core's `ShardSpec`: evaluated
+//! validation queries, k, moving keys; plus the key of every labelled id and the originals of
+//! rows earlier fits changed) and runs `nudge_shard_pass` on each shard through Citus. Each
+//! shard scans its rows with the checks of the local pass and answers a [`Reply`]: the core's
+//! `Partial` (per validation query its static top-k, and the moving records' vectors), the
+//! labelled keys it holds, and the addresses of the rows the fit may write. No other corpus
+//! vector leaves its worker. Errors travel back as SQLSTATE + message, so the coordinator
+//! raises them as if the pass had run locally.
+//!
+//! Unlabelled rows get keys unique across the table: `n_labelled + (shard id << 32) + ordinal`.
+
+use std::collections::HashMap;
+
+use nudge_core::partial::{Partial, ShardPass, ShardSpec};
+use pgrx::prelude::*;
+use pgrx::{PgRelation, PgSqlErrorCode};
+
+use crate::columns;
+use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+use crate::read::{self, push_embedding};
+
+/// What every shard is asked.
+pub struct Request {
+    pub spec: ShardSpec,
+    /// Key of every labelled doc id (keys `0..labelled.len()`).
+    pub labelled: HashMap<String, u64>,
+    /// Rows changed by earlier fits: id -> (digest of the value the last fit wrote, original).
+    pub originals: HashMap<String, (i64, Vec<f32>)>,
+    /// Whether to return the addresses (distribution column values) of rows to write.
+    pub writing: bool,
+}
+
+/// What a shard answers.
+pub struct Reply {
+    pub partial: Partial,
+    /// Labelled keys found in this shard.
+    pub labelled_seen: Vec<u64>,
+    /// Rows the fit may write: (key, id, distribution column value, started from an original).
+    pub rows: Vec<(u64, String, Option<String>, bool)>,
+}
+
+/// Run the pass over one shard. `dist_column` names the distribution column when the rows to
+/// write are addressed by it (NULL: by id alone). Returns a [`Reply`] or an error, encoded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_shard_pass(shard: PgRelation, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Vec<u8> {
+    let oid = shard.oid();
+    drop(shard);
+    let caught = PgTryBuilder::new(|| ok_bytes(&pass(oid, id_column, embedding, dist_column, request)))
+        .catch_others(|e| match e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
+                err_bytes(r.sql_error_code(), r.message())
+            }
+            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => err_bytes(ereport.sql_error_code(), ereport.message()),
+        })
+        .execute();
+    caught
+}
+
+fn pass(shard: pg_sys::Oid, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Reply {
+    let req = Request::from_bytes(request).unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_pass: {m}")));
+    let rel = columns::relation(shard);
+    let id = rel.column(id_column, "the id column");
+    let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+    let dist = dist_column.map(|d| rel.column(d, "the distribution column"));
+    let shard_id = shard_id(&rel.sql);
+    let n_labelled = req.labelled.len() as u64;
+    let extra = dist.as_ref().filter(|_| req.writing).map(|d| format!(", t.{}::text", d.ident)).unwrap_or_default();
+    let moving: std::collections::HashSet<u64> = req.spec.moving_keys.iter().copied().collect();
+    let dim = req.spec.dim;
+    let mut shard_pass = ShardPass::new(req.spec).or_raise();
+    let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
+    let (mut keys, mut buf, mut ordinal) = (Vec::new(), Vec::new(), 0u64);
+    let (mut labelled_seen, mut rows) = (Vec::new(), Vec::new());
+    let flush = |keys: &mut Vec<u64>, buf: &mut Vec<f32>, p: &mut ShardPass| {
+        let view = ndarray::ArrayView2::from_shape((keys.len(), dim), buf).expect("rows x dim");
+        crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge_shard_pass"), None, |h| p.push_batch(keys, view, h)).or_raise();
+        keys.clear();
+        buf.clear();
+    };
+    read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, &extra), |row| {
+        let rid = row.text(1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {} is NULL in some row", id.name, rel.sql)));
+        let key = match req.labelled.get(rid.as_str()) {
+            Some(&k) => {
+                labelled_seen.push(k);
+                k
+            }
+            None => n_labelled + (shard_id << 32) + ordinal,
+        };
+        ordinal += 1;
+        let what = || format!("embedding of row {rid:?} in {}", rel.sql);
+        let mut d = dim;
+        push_embedding(row.datum(2), kind, &mut d, &mut buf, &what);
+        let current = buf.len() - dim;
+        let from_original = req
+            .originals
+            .get(rid.as_str())
+            .filter(|(written, original)| original.len() == dim && *written == read::digest_of(row.datum(2), kind, &buf[current..]));
+        match from_original {
+            Some((_, original)) => {
+                buf.truncate(current);
+                buf.extend_from_slice(original);
+            }
+            None if buf[current..].iter().all(|v| *v == 0.0) => raise_with(
+                Code::ERRCODE_DATA_EXCEPTION,
+                format!("{} is a zero vector", what()),
+                None,
+                Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
+            ),
+            None => {}
+        }
+        if req.writing && (moving.contains(&key) || from_original.is_some()) {
+            rows.push((key, rid, if extra.is_empty() { None } else { row.text(3) }, from_original.is_some()));
+        }
+        keys.push(key);
+        if keys.len() >= batch_rows {
+            flush(&mut keys, &mut buf, &mut shard_pass);
+        }
+    });
+    if !keys.is_empty() {
+        flush(&mut keys, &mut buf, &mut shard_pass);
+    }
+    Reply { partial: shard_pass.finish(), labelled_seen, rows }
+}
+
+/// The shard id Citus puts at the end of a shard's name (`docs_102008`).
+fn shard_id(name: &str) -> u64 {
+    let digits: String = name.trim_end_matches('"').chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    digits.chars().rev().collect::<String>().parse::<u64>().ok().filter(|id| *id < 1 << 30).unwrap_or_else(|| {
+        raise(Code::ERRCODE_WRONG_OBJECT_TYPE, format!("{name} is not a Citus shard (its name does not end in a shard id)"))
+    })
+}
+
+// ---- wire formats (little-endian; lengths u64) ----
+
+struct W(Vec<u8>);
+impl W {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn f32s(&mut self, v: &[f32]) {
+        self.u64(v.len() as u64);
+        v.iter().for_each(|x| self.0.extend_from_slice(&x.to_le_bytes()));
+    }
+}
+
+struct R<'a>(&'a [u8]);
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.0.len() {
+            return Err("truncated message".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn len(&mut self, unit: usize) -> Result<usize, String> {
+        let n = self.u64()? as usize;
+        if n.saturating_mul(unit) > self.0.len() {
+            return Err("truncated message".into());
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.len(1)?;
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "invalid UTF-8".to_string())
+    }
+    fn f32s(&mut self) -> Result<Vec<f32>, String> {
+        let n = self.len(4)?;
+        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+}
+
+impl Request {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = W(b"NDGQ\x01".to_vec());
+        w.bytes(&self.spec.to_bytes());
+        w.u64(self.labelled.len() as u64);
+        for (id, key) in &self.labelled {
+            w.bytes(id.as_bytes());
+            w.u64(*key);
+        }
+        w.u64(self.originals.len() as u64);
+        for (id, (written, original)) in &self.originals {
+            w.bytes(id.as_bytes());
+            w.u64(*written as u64);
+            w.f32s(original);
+        }
+        w.u64(self.writing as u64);
+        w.0
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<Request, String> {
+        let mut r = R(b);
+        if r.take(5)? != b"NDGQ\x01" {
+            return Err("not a request of this version of nudge".into());
+        }
+        let spec = ShardSpec::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
+        let mut labelled = HashMap::new();
+        for _ in 0..r.len(16)? {
+            let id = r.text()?;
+            labelled.insert(id, r.u64()?);
+        }
+        let mut originals = HashMap::new();
+        for _ in 0..r.len(24)? {
+            let id = r.text()?;
+            let written = r.u64()? as i64;
+            originals.insert(id, (written, r.f32s()?));
+        }
+        let writing = r.u64()? != 0;
+        Ok(Request { spec, labelled, originals, writing })
+    }
+}
+
+fn ok_bytes(reply: &Reply) -> Vec<u8> {
+    let mut w = W(b"NDGR\x01O".to_vec());
+    w.bytes(&reply.partial.to_bytes());
+    w.u64(reply.labelled_seen.len() as u64);
+    reply.labelled_seen.iter().for_each(|k| w.u64(*k));
+    w.u64(reply.rows.len() as u64);
+    for (key, id, dist, from_original) in &reply.rows {
+        w.u64(*key);
+        w.bytes(id.as_bytes());
+        w.u64(match dist {
+            Some(_) => 1,
+            None => 0,
+        });
+        if let Some(d) = dist {
+            w.bytes(d.as_bytes());
+        }
+        w.u64(*from_original as u64);
+    }
+    w.0
+}
+
+fn err_bytes(code: PgSqlErrorCode, message: &str) -> Vec<u8> {
+    let mut w = W(b"NDGR\x01E".to_vec());
+    w.u64(code as i32 as u32 as u64);
+    w.bytes(message.as_bytes());
+    w.0
+}
+
+/// A shard's answer: its reply, or the error it raised (SQLSTATE, message).
+pub fn parse_reply(b: &[u8]) -> Result<Result<Reply, (PgSqlErrorCode, String)>, String> {
+    let mut r = R(b);
+    if r.take(5)? != b"NDGR\x01" {
+        return Err("not a reply of this version of nudge".into());
+    }
+    match r.take(1)? {
+        b"E" => {
+            let code = PgSqlErrorCode::from(r.u64()? as u32 as i32);
+            Ok(Err((code, r.text()?)))
+        }
+        b"O" => {
+            let partial = Partial::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
+            let labelled_seen = (0..r.len(8)?).map(|_| r.u64()).collect::<Result<_, _>>()?;
+            let mut rows = Vec::new();
+            for _ in 0..r.len(24)? {
+                let key = r.u64()?;
+                let id = r.text()?;
+                let dist = if r.u64()? == 1 { Some(r.text()?) } else { None };
+                rows.push((key, id, dist, r.u64()? != 0));
+            }
+            Ok(Ok(Reply { partial, labelled_seen, rows }))
+        }
+        _ => Err("malformed reply".into()),
+    }
+}

@@ -11,6 +11,8 @@
 use pgrx::prelude::*;
 
 use crate::columns::{self, Column};
+use crate::error::{raise_with, PgSqlErrorCode as Code};
+use crate::read;
 
 /// Where a corpus table's rows live.
 pub enum Placement {
@@ -42,4 +44,67 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
         },
         _ => Placement::Local,
     }
+}
+
+/// Run `call` on every shard of distributed table `table` and hand each shard's answer to
+/// `each` (shard id, bytes). `call` is a nudge function call returning bytea, with `{shard}`
+/// where the shard goes and `{request}` where the request bytes go.
+///
+/// Through Citus's `run_command_on_shards`: the shards run in parallel, each on a connection
+/// of its own, outside the caller's transaction (they read committed rows). Bytes travel as
+/// hex text both ways.
+pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(i64, Vec<u8>)) {
+    // run_command_on_shards puts each shard's name where the command says %s; every other %
+    // is doubled.
+    let command = format!(
+        "SELECT pg_catalog.encode({}, 'hex')",
+        call.replace("{request}", &format!("pg_catalog.decode('{}', 'hex')", hex(request)))
+    )
+    .replace('%', "%%")
+    .replace("{shard}", "'%s'::regclass");
+    read::for_each_batch(
+        "SELECT shardid, success, result FROM pg_catalog.run_command_on_shards($1::oid::regclass, $2)",
+        &[table.into(), command.into()],
+        |b| {
+            for row in 0..b.len() {
+                let shard = b.int8(row, 1).unwrap_or_default();
+                let result = b.text(row, 3).unwrap_or_default();
+                if b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) != Some(true) {
+                    raise_with(
+                        Code::ERRCODE_CONNECTION_FAILURE,
+                        format!("nudge could not run on shard {shard} of {table_sql}: {result}"),
+                        None,
+                        Some("Check that every worker is up and has the same version of nudge installed (or SET nudge.citus_pushdown = off).".into()),
+                    );
+                }
+                let bytes = unhex(&result).unwrap_or_else(|m| malformed(shard, table_sql, &m));
+                each(shard, bytes);
+            }
+        },
+    );
+}
+
+/// A shard's answer that this version of nudge cannot read.
+pub fn malformed(shard: i64, table_sql: &str, why: &str) -> ! {
+    raise_with(
+        Code::ERRCODE_PROTOCOL_VIOLATION,
+        format!("shard {shard} of {table_sql} answered a malformed reply ({why})"),
+        None,
+        Some("Install the same version of nudge on every node (ALTER EXTENSION nudge UPDATE).".into()),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8).ok_or("not hex");
+    s.as_bytes().chunks(2).map(|p| if p.len() == 2 { Ok(digit(p[0])? << 4 | digit(p[1])?) } else { Err("odd length") }).collect::<Result<_, _>>().map_err(str::to_string)
 }

@@ -5,8 +5,8 @@
 //! index is used, so the numbers are those of exact search. Queries without a relevant
 //! label are skipped, as trec_eval does.
 //!
-//! Phases: arguments -> corpus columns -> judged queries -> k-NN pass (the only phase with a
-//! local and a distributed form) -> metrics.
+//! Phases: arguments -> corpus columns -> judged queries -> k-NN pass (local, or on the shards
+//! of a Citus distributed table) -> metrics.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -16,7 +16,10 @@ use nudge_core::knn::{Distance, TopK};
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 
+use crate::citus::Placement;
 use crate::columns::{self, Column, VecKind};
+use crate::shard::TopKRequest;
+use pgrx::spi::quote_literal;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
 use crate::read::{self, push_embedding};
@@ -67,7 +70,10 @@ fn evaluate(
     let mut reporter = Reporter::new("nudge_evaluate");
     let corpus = Corpus::resolve(corpus, id_column, embedding);
     let judged = read_judged(queries, qrels);
-    let runs = knn_local(&corpus, &judged, k, dist, &mut reporter);
+    let runs = match crate::citus::placement(corpus.oid, &corpus.id) {
+        Placement::Citus { sharded: true, .. } if crate::guc::CITUS_PUSHDOWN.get() => knn_shards(&corpus, &judged, k, dist, &mut reporter),
+        _ => knn_local(&corpus, &judged, k, dist, &mut reporter),
+    };
     score(&runs, &judged, k)
 }
 
@@ -166,6 +172,30 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
     pusher.push(batch_keys, buf);
     reporter.report("k-nn search", ordinal, total);
     pusher.finish().finish()
+}
+
+/// The k-NN pass on the shards of a Citus distributed table: each shard's top-k per query
+/// (src/shard.rs), merged here with the same order (score descending, ties by key descending).
+fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
+    let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys);
+    let call = format!("public.nudge_shard_topk({{shard}}, {}, {}, {{request}})", quote_literal(&corpus.id.name), quote_literal(&corpus.emb.name));
+    let mut runs: Vec<Vec<(u64, f32)>> = vec![Vec::new(); judged.vectors.nrows()];
+    let mut shards = 0u64;
+    crate::citus::on_shards(corpus.oid, &corpus.sql, &call, &request, |shard, bytes| {
+        let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(shard, &corpus.sql, &m));
+        let lists = reply.unwrap_or_else(|(code, message)| raise(code, message));
+        if lists.len() != runs.len() {
+            crate::citus::malformed(shard, &corpus.sql, "wrong number of queries");
+        }
+        for (run, list) in runs.iter_mut().zip(lists) {
+            run.extend(list);
+            run.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+            run.truncate(k);
+        }
+        shards += 1;
+        reporter.report("k-nn search on the shards", shards, None);
+    });
+    runs
 }
 
 /// Mean metrics over the judged queries.

@@ -9,10 +9,16 @@
 //! vector leaves its worker. Errors travel back as SQLSTATE + message, so the coordinator
 //! raises them as if the pass had run locally.
 //!
+//! `nudge_evaluate` pushes its k-NN down the same way (`nudge_shard_topk`: per query the
+//! shard's top-k, merged on the coordinator).
+//!
 //! Unlabelled rows get keys unique across the table: `n_labelled + (shard id << 32) + ordinal`.
 
 use std::collections::HashMap;
 
+use std::str::FromStr;
+
+use nudge_core::knn::{Distance, TopK};
 use nudge_core::partial::{Partial, ShardPass, ShardSpec};
 use pgrx::prelude::*;
 use pgrx::{PgRelation, PgSqlErrorCode};
@@ -47,15 +53,159 @@ pub struct Reply {
 fn nudge_shard_pass(shard: PgRelation, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Vec<u8> {
     let oid = shard.oid();
     drop(shard);
-    let caught = PgTryBuilder::new(|| ok_bytes(&pass(oid, id_column, embedding, dist_column, request)))
-        .catch_others(|e| match e {
-            pgrx::pg_sys::panic::CaughtError::PostgresError(r) | pgrx::pg_sys::panic::CaughtError::ErrorReport(r) => {
-                err_bytes(r.sql_error_code(), r.message())
+    catching(|| ok_bytes(&pass(oid, id_column, embedding, dist_column, request)))
+}
+
+/// `f`'s reply, or the error it raised encoded as a reply (SQLSTATE and message). `f` runs in
+/// a subtransaction that an error rolls back (as a PL/pgSQL EXCEPTION block does), so
+/// whatever it held is released before the reply goes out.
+fn catching(f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+    use pgrx::pg_sys::panic::CaughtError;
+    // SAFETY: the subtransaction pattern of PL/pgSQL's exception blocks, on this thread.
+    let (cx, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    let restore = move || unsafe {
+        pg_sys::MemoryContextSwitchTo(cx);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cx);
+    }
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let reply = f();
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        reply
+    }))
+    .catch_others(|e| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(cx);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        match e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => err_bytes(r.sql_error_code(), r.message()),
+            CaughtError::RustPanic { ereport, .. } => err_bytes(ereport.sql_error_code(), ereport.message()),
+        }
+    })
+    .execute()
+}
+
+/// nudge_evaluate's k-NN over one shard: per query the top-k (key, score), best first, keys of
+/// labelled ids from the request, other rows numbered as in [`nudge_shard_pass`].
+#[pg_extern(volatile, parallel_unsafe)]
+fn nudge_shard_topk(shard: PgRelation, id_column: &str, embedding: &str, request: &[u8]) -> Vec<u8> {
+    let oid = shard.oid();
+    drop(shard);
+    catching(|| {
+        let (topk, labelled) = TopKRequest::from_bytes(request)
+            .unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_topk: {m}")));
+        let rel = columns::relation(oid);
+        let id = rel.column(id_column, "the id column");
+        let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+        let (shard_id, n_labelled, dim) = (shard_id(&rel.sql), labelled.len() as u64, topk.dim());
+        let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
+        let (mut topk, mut keys, mut buf, mut ordinal) = (topk, Vec::new(), Vec::new(), 0u64);
+        let flush = |keys: &mut Vec<u64>, buf: &mut Vec<f32>, t: &mut TopK| {
+            let view = ndarray::ArrayView2::from_shape((keys.len(), dim), buf).expect("rows x dim");
+            crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge_shard_topk"), None, |h| t.push_batch(keys, view, h)).or_raise();
+            keys.clear();
+            buf.clear();
+        };
+        read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, ""), |row| {
+            let rid = row.text(1).unwrap_or_default();
+            keys.push(labelled.get(rid.as_str()).copied().unwrap_or(n_labelled + (shard_id << 32) + ordinal));
+            ordinal += 1;
+            let mut d = dim;
+            push_embedding(row.datum(2), kind, &mut d, &mut buf, &|| format!("embedding of row {rid:?} in {}", rel.sql));
+            if keys.len() >= batch_rows {
+                flush(&mut keys, &mut buf, &mut topk);
             }
-            pgrx::pg_sys::panic::CaughtError::RustPanic { ereport, .. } => err_bytes(ereport.sql_error_code(), ereport.message()),
-        })
-        .execute();
-    caught
+        });
+        if !keys.is_empty() {
+            flush(&mut keys, &mut buf, &mut topk);
+        }
+        let runs = topk.finish();
+        let mut w = W(b"NDGR\x01O".to_vec());
+        w.u64(runs.len() as u64);
+        for run in runs {
+            w.u64(run.len() as u64);
+            for (key, score) in run {
+                w.u64(key);
+                w.0.extend_from_slice(&score.to_le_bytes());
+            }
+        }
+        w.0
+    })
+}
+
+/// nudge_evaluate's request to every shard: the judged queries, k, the distance, and the key
+/// of every labelled id.
+pub struct TopKRequest;
+
+impl TopKRequest {
+    pub fn to_bytes(queries: &ndarray::Array2<f32>, k: usize, distance: Distance, labelled: &HashMap<String, u64>) -> Vec<u8> {
+        let mut w = W(b"NDGK\x01".to_vec());
+        w.u64(k as u64);
+        w.bytes(distance.to_string().as_bytes());
+        w.u64(queries.ncols() as u64);
+        w.f32s(&queries.iter().copied().collect::<Vec<_>>());
+        w.u64(labelled.len() as u64);
+        for (id, key) in labelled {
+            w.bytes(id.as_bytes());
+            w.u64(*key);
+        }
+        w.0
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<(TopK, HashMap<String, u64>), String> {
+        let mut r = R(b);
+        if r.take(5)? != b"NDGK\x01" {
+            return Err("not a request of this version of nudge".into());
+        }
+        let k = r.u64()? as usize;
+        let distance = Distance::from_str(&r.text()?).map_err(|_| "unknown distance".to_string())?;
+        let dim = r.u64()? as usize;
+        let flat = r.f32s()?;
+        if dim == 0 || flat.len() % dim != 0 {
+            return Err("query matrix does not match its dimension".into());
+        }
+        let queries = ndarray::Array2::from_shape_vec((flat.len() / dim, dim), flat).map_err(|e| e.to_string())?;
+        let topk = TopK::new(queries, k, distance).map_err(|e| e.to_string())?;
+        let mut labelled = HashMap::new();
+        for _ in 0..r.len(16)? {
+            let id = r.text()?;
+            labelled.insert(id, r.u64()?);
+        }
+        Ok((topk, labelled))
+    }
+
+    /// A shard's top-k lists, or the error it raised.
+    pub fn parse_reply(b: &[u8]) -> Result<Result<Vec<Vec<(u64, f32)>>, (PgSqlErrorCode, String)>, String> {
+        let mut r = R(b);
+        if r.take(5)? != b"NDGR\x01" {
+            return Err("not a reply of this version of nudge".into());
+        }
+        match r.take(1)? {
+            b"E" => {
+                let code = PgSqlErrorCode::from(r.u64()? as u32 as i32);
+                Ok(Err((code, r.text()?)))
+            }
+            b"O" => {
+                let mut runs = Vec::new();
+                for _ in 0..r.len(8)? {
+                    let mut run = Vec::new();
+                    for _ in 0..r.len(12)? {
+                        let key = r.u64()?;
+                        run.push((key, f32::from_le_bytes(r.take(4)?.try_into().unwrap())));
+                    }
+                    runs.push(run);
+                }
+                Ok(Ok(runs))
+            }
+            _ => Err("malformed reply".into()),
+        }
+    }
 }
 
 fn pass(shard: pg_sys::Oid, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Reply {

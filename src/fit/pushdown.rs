@@ -1,5 +1,5 @@
 //! Phase 4, distributed form: the corpus pass run on the shards of a Citus distributed table
-//! (`nudge_shard_pass` on every shard, through `run_command_on_shards`), the shards' partial
+//! (`nudge_shard_pass` on every shard, see `citus::on_shards`), the shards' partial
 //! results merged into the coordinator's pass. Same checks and same result as the local pass;
 //! what reaches the coordinator is per shard the static top-k of each validation query and
 //! the shard's moving records (see src/shard.rs).
@@ -18,10 +18,9 @@ use super::inputs::Corpus;
 use super::labels::Labels;
 use super::originals::Originals;
 use super::pass::Addresses;
-use crate::citus::Placement;
+use crate::citus::{self, Placement};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::Reporter;
-use crate::read;
 use crate::shard::{self, Request};
 use crate::write::{At, RowAddr};
 
@@ -36,62 +35,39 @@ pub fn pass(corpus: &Corpus, labels: &Labels, mut pass: FitPass, originals: &Ori
         Placement::Citus { dist: Some(d), .. } => quote_literal(&d.name),
         _ => "NULL".into(),
     };
-    // run_command_on_shards puts each shard's name where the command says %s; every other %
-    // is doubled.
-    let command = format!(
-        "SELECT pg_catalog.encode(public.nudge_shard_pass('<SHARD>'::regclass, {}, {}, {}, pg_catalog.decode('{}', 'hex')), 'hex')",
+    let call = format!(
+        "public.nudge_shard_pass({{shard}}, {}, {}, {}, {{request}})",
         quote_literal(&corpus.id.name),
         quote_literal(&corpus.emb.name),
-        dist,
-        hex(&request.to_bytes())
-    )
-    .replace('%', "%%")
-    .replace("<SHARD>", "%s");
+        dist
+    );
     let id_of: HashMap<u64, &str> = labels.keys.iter().map(|(d, k)| (*k, d.as_str())).collect();
     let mut seen = vec![false; labels.keys.len()];
     let mut addresses = Addresses { moving: HashMap::new(), previously_moved: Vec::new() };
     let (mut shards, mut reply_bytes) = (0u64, 0u64);
     reporter.report("scanning corpus on the shards", 0, None);
-    read::for_each_batch(
-        "SELECT shardid, success, result FROM pg_catalog.run_command_on_shards($1::oid::regclass, $2)",
-        &[corpus.oid.into(), command.into()],
-        |b| {
-            for row in 0..b.len() {
-                let shard = b.int8(row, 1).unwrap_or_default();
-                let result = b.text(row, 3).unwrap_or_default();
-                reply_bytes += result.len() as u64 / 2;
-                if b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) != Some(true) {
-                    raise_with(
-                        Code::ERRCODE_CONNECTION_FAILURE,
-                        format!("the corpus pass failed on shard {shard} of {}: {result}", corpus.sql),
-                        None,
-                        Some("Check that every worker is up and has the same version of nudge installed (or SET nudge.citus_pushdown = off).".into()),
-                    );
-                }
-                let reply = unhex(&result)
-                    .and_then(|bytes| shard::parse_reply(&bytes))
-                    .unwrap_or_else(|m| raise(Code::ERRCODE_PROTOCOL_VIOLATION, format!("shard {shard} of {} answered a malformed reply ({m}); is the same version of nudge installed on every node?", corpus.sql)));
-                let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
-                for k in reply.labelled_seen {
-                    if std::mem::replace(&mut seen[k as usize], true) {
-                        duplicate(corpus, id_of.get(&k).copied().unwrap_or_default());
-                    }
-                }
-                for (key, id, dist, from_original) in reply.rows {
-                    let addr = RowAddr { id, at: At::Key { dist } };
-                    if from_original {
-                        addresses.previously_moved.push((addr.clone(), key));
-                    }
-                    if pass.moving_keys().binary_search(&key).is_ok() {
-                        addresses.moving.insert(key, addr);
-                    }
-                }
-                pass.push_partial(reply.partial).or_raise();
-                shards += 1;
-                reporter.report("scanning corpus on the shards", shards, None);
+    citus::on_shards(corpus.oid, &corpus.sql, &call, &request.to_bytes(), |shard, bytes| {
+        reply_bytes += bytes.len() as u64;
+        let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(shard, &corpus.sql, &m));
+        let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
+        for k in reply.labelled_seen {
+            if std::mem::replace(&mut seen[k as usize], true) {
+                duplicate(corpus, id_of.get(&k).copied().unwrap_or_default());
             }
-        },
-    );
+        }
+        for (key, id, dist, from_original) in reply.rows {
+            let addr = RowAddr { id, at: At::Key { dist } };
+            if from_original {
+                addresses.previously_moved.push((addr.clone(), key));
+            }
+            if pass.moving_keys().binary_search(&key).is_ok() {
+                addresses.moving.insert(key, addr);
+            }
+        }
+        pass.push_partial(reply.partial).or_raise();
+        shards += 1;
+        reporter.report("scanning corpus on the shards", shards, None);
+    });
     debug1!("nudge_fit: {shards} shards of {} answered {reply_bytes} bytes", corpus.sql);
     if let Some(k) = seen.iter().position(|s| !s) {
         raise_with(
@@ -111,19 +87,4 @@ fn duplicate(corpus: &Corpus, id: &str) -> ! {
         None,
         Some("The id column must identify one row; labels cannot tell duplicates apart.".into()),
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8).ok_or("not hex");
-    s.as_bytes().chunks(2).map(|p| if p.len() == 2 { Ok(digit(p[0])? << 4 | digit(p[1])?) } else { Err("odd length") }).collect::<Result<_, _>>().map_err(str::to_string)
 }

@@ -132,7 +132,7 @@ if [ "$citus_rc" -eq 0 ]; then
   citus_dir="$(mktemp -d /tmp/nudge-citus.XXXXXX)"
   cleanup+=("citus_down '$citus_dir'; rm -rf '$citus_dir'")
   citus_up "$citus_dir"
-  export CITUS_DIR="$citus_dir" CITUS_BINDIR="$(dirname "$citus_config")" CITUS_COORD_PORT
+  export CITUS_DIR="$citus_dir" CITUS_BINDIR="$(dirname "$citus_config")" CITUS_COORD_PORT CITUS_WORKER1_PORT
   timings+=("Citus: build (cached) + cluster start $((SECONDS - start)) s")
 else
   echo "==> Citus: not available, tests/python/test_citus.py will be skipped"

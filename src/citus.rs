@@ -11,7 +11,7 @@
 use pgrx::prelude::*;
 
 use crate::columns::{self, Column};
-use crate::error::{raise_with, PgSqlErrorCode as Code};
+use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
 use crate::read;
 
 /// Where a corpus table's rows live.
@@ -54,6 +54,7 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
 /// of its own, outside the caller's transaction (they read committed rows). Bytes travel as
 /// hex text both ways.
 pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(i64, Vec<u8>)) {
+    check_workers();
     // run_command_on_shards puts each shard's name where the command says %s; every other %
     // is doubled.
     let command = format!(
@@ -82,6 +83,35 @@ pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8]
             }
         },
     );
+}
+
+/// Every worker must have this version of nudge: checked before a pass is pushed down, so a
+/// worker without it (or with another) is named in a clear error instead of failing inside a
+/// shard.
+pub fn check_workers() {
+    let mine = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'nudge'")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let sql = "SELECT nodename || ':' || nodeport, success, result FROM pg_catalog.run_command_on_workers(
+                 $$SELECT coalesce((SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'nudge'), '')$$)";
+    read::for_each_batch(sql, &[], |b| {
+        for row in 0..b.len() {
+            let (node, result) = (b.text(row, 1).unwrap_or_default(), b.text(row, 3).unwrap_or_default());
+            if b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) != Some(true) {
+                raise(Code::ERRCODE_CONNECTION_FAILURE, format!("nudge could not reach Citus worker {node}: {result}"));
+            }
+            if result != mine {
+                let has = if result.is_empty() { "does not have nudge".to_string() } else { format!("has nudge {result}") };
+                raise_with(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("Citus worker {node} {has}; this coordinator has nudge {mine}"),
+                    None,
+                    Some("Install the same nudge on every node (its files on each server; CREATE EXTENSION nudge on the coordinator reaches the workers), or SET nudge.citus_pushdown = off.".into()),
+                );
+            }
+        }
+    });
 }
 
 /// A shard's answer that this version of nudge cannot read.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -303,3 +304,57 @@ def test_worker_without_this_nudge(cluster, change):
         worker.execute(undo, (version,))
         worker.close()
     assert table_md5(cluster, "docs_by_id") == before
+
+
+def test_worker_stopped_during_the_write(cluster):
+    """A worker stopped while the fit writes (the fit waits on a row another session locked on
+    that worker, so some shards are already written): the fit fails and no shard changed."""
+    import threading
+
+    import psycopg
+    conn = cluster
+    bindir, datadir = os.environ["CITUS_BINDIR"], os.path.join(os.environ["CITUS_DIR"], "worker2")
+    import re
+    port2 = int(re.findall(r"^port = (\d+)$", open(os.path.join(datadir, "postgresql.conf")).read(), re.M)[-1])
+    victim = conn.execute(
+        "SELECT r.doc_id FROM r_train r JOIN citus_shards s "
+        "ON s.shardid = get_shard_id_for_distribution_column('docs_by_id', r.doc_id) "
+        "WHERE s.table_name = 'docs_by_id'::regclass AND s.nodeport = %s LIMIT 1", (port2,)).fetchone()[0]
+    before, fits = table_md5(conn, "docs_by_id"), conn.execute("SELECT count(*) FROM nudge.fits").fetchone()[0]
+    holder = connect()
+    holder.autocommit = False
+    holder.execute("SELECT 1 FROM docs_by_id WHERE id = %s FOR UPDATE", (victim,))
+    outcome = {}
+
+    def run_fit():
+        try:
+            with connect() as c:
+                outcome["row"] = fit(c, "docs_by_id")
+        except psycopg.Error as e:
+            outcome["error"] = e
+
+    t = threading.Thread(target=run_fit)
+    t.start()
+    pg_ctl = [f"{bindir}/pg_ctl", "-D", datadir, "-w", "-t", "60"]
+    if os.getuid() == 0:
+        pg_ctl = ["runuser", "-u", os.environ.get("NUDGE_PG_USER", "postgres"), "--"] + pg_ctl
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port2, user="postgres", dbname=DB, autocommit=True) as w:
+            for _ in range(600):   # until the fit's update waits for the locked row on worker2
+                if w.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                              "AND query LIKE 'UPDATE%%'").fetchone()[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the fit never waited on worker2")
+        subprocess.run(pg_ctl + ["-m", "fast", "stop"], check=True, capture_output=True)
+        t.join(120)
+    finally:
+        subprocess.run(pg_ctl + ["-l", f"{datadir}/server.log", "start"], check=True, capture_output=True)
+        try:
+            holder.close()
+        except psycopg.Error:
+            pass
+    assert "error" in outcome, outcome
+    assert table_md5(conn, "docs_by_id") == before
+    assert conn.execute("SELECT count(*) FROM nudge.fits").fetchone()[0] == fits

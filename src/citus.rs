@@ -46,40 +46,56 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
     }
 }
 
-/// Run `call` on every shard of distributed table `table` and hand each shard's answer to
-/// `each` (shard id, bytes). `call` is a nudge function call returning bytea, with `{shard}`
-/// where the shard goes and `{request}` where the request bytes go.
+/// Run `call` on every worker holding shards of distributed table `table`, once per worker with
+/// the list of its shards, and hand each worker's answer to `each` (node, bytes). `call` is a
+/// nudge function call returning bytea, with `{shards}` where the worker's shards go (an
+/// `oid[]`) and `{request}` where the request bytes go.
 ///
-/// Through Citus's `run_command_on_shards`: the shards run in parallel, each on a connection
-/// of its own, outside the caller's transaction (they read committed rows). Bytes travel as
+/// Through Citus's `master_run_on_worker`: the workers run in parallel, each on a connection of
+/// its own, outside the caller's transaction (they read committed rows). The request goes to
+/// each worker once (not once per shard), and each answers one merged partial. Bytes travel as
 /// hex text both ways.
-pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(i64, Vec<u8>)) {
+pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(&str, Vec<u8>)) {
     check_workers();
-    // run_command_on_shards puts each shard's name where the command says %s; every other %
-    // is doubled.
-    let command = format!(
-        "SELECT pg_catalog.encode({}, 'hex')",
-        call.replace("{request}", &format!("pg_catalog.decode('{}', 'hex')", hex(request)))
-    )
-    .replace('%', "%%")
-    .replace("{shard}", "'%s'::regclass");
+    let request = format!("pg_catalog.decode('{}', 'hex')", hex(request));
+    let (mut names, mut ports, mut commands) = (Vec::<String>::new(), Vec::<i32>::new(), Vec::<String>::new());
+    // one active placement per shard
+    let shards = "SELECT n.nodename, n.nodeport,
+                         pg_catalog.string_agg(pg_catalog.quote_literal(pg_catalog.shard_name(s.logicalrelid, s.shardid)), ', ' ORDER BY s.shardid)
+                    FROM pg_catalog.pg_dist_shard AS s
+                    JOIN LATERAL (SELECT p.groupid FROM pg_catalog.pg_dist_placement AS p
+                                   WHERE p.shardid = s.shardid AND p.shardstate = 1 ORDER BY p.groupid LIMIT 1) AS p ON true
+                    JOIN pg_catalog.pg_dist_node AS n ON n.groupid = p.groupid AND n.noderole = 'primary'
+                   WHERE s.logicalrelid = $1::oid::regclass
+                   GROUP BY n.nodename, n.nodeport";
+    read::for_each_batch(shards, &[table.into()], |b| {
+        for row in 0..b.len() {
+            names.push(b.text(row, 1).unwrap_or_default());
+            ports.push(b.datum(row, 2).and_then(|d| unsafe { i32::from_datum(d, false) }).unwrap_or_default());
+            let list = format!("ARRAY[{}]::pg_catalog.regclass[]::pg_catalog.oid[]", b.text(row, 3).unwrap_or_default());
+            commands.push(format!(
+                "SELECT pg_catalog.encode({}, 'hex')",
+                call.replace("{shards}", &list).replace("{request}", &request)
+            ));
+        }
+    });
     read::for_each_batch(
-        "SELECT shardid, success, result FROM pg_catalog.run_command_on_shards($1::oid::regclass, $2)",
-        &[table.into(), command.into()],
+        "SELECT node_name || ':' || node_port, success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+        &[names.into(), ports.into(), commands.into()],
         |b| {
             for row in 0..b.len() {
-                let shard = b.int8(row, 1).unwrap_or_default();
+                let node = b.text(row, 1).unwrap_or_default();
                 let result = b.text(row, 3).unwrap_or_default();
                 if b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) != Some(true) {
                     raise_with(
                         Code::ERRCODE_CONNECTION_FAILURE,
-                        format!("nudge could not run on shard {shard} of {table_sql}: {result}"),
+                        format!("nudge could not run on the shards of {table_sql} on {node}: {result}"),
                         None,
-                        Some("Check that every worker is up and has the same version of nudge installed (or SET nudge.citus_pushdown = off).".into()),
+                        Some("Check that every worker is up (or SET nudge.citus_pushdown = off).".into()),
                     );
                 }
-                let bytes = unhex(&result).unwrap_or_else(|m| malformed(shard, table_sql, &m));
-                each(shard, bytes);
+                let bytes = unhex(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
+                each(&node, bytes);
             }
         },
     );
@@ -115,10 +131,10 @@ pub fn check_workers() {
 }
 
 /// A shard's answer that this version of nudge cannot read.
-pub fn malformed(shard: i64, table_sql: &str, why: &str) -> ! {
+pub fn malformed(node: &str, table_sql: &str, why: &str) -> ! {
     raise_with(
         Code::ERRCODE_PROTOCOL_VIOLATION,
-        format!("shard {shard} of {table_sql} answered a malformed reply ({why})"),
+        format!("{node} answered a malformed reply for the shards of {table_sql} ({why})"),
         None,
         Some("Install the same version of nudge on every node (ALTER EXTENSION nudge UPDATE).".into()),
     )

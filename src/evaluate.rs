@@ -178,14 +178,14 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
 /// (src/shard.rs), merged here with the same order (score descending, ties by key descending).
 fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys);
-    let call = format!("public.nudge_shard_topk({{shard}}, {}, {}, {{request}})", quote_literal(&corpus.id.name), quote_literal(&corpus.emb.name));
+    let call = format!("public.nudge_shard_topk({{shards}}, {}, {}, {{request}})", quote_literal(&corpus.id.name), quote_literal(&corpus.emb.name));
     let mut runs: Vec<Vec<(u64, f32)>> = vec![Vec::new(); judged.vectors.nrows()];
     let mut shards = 0u64;
-    crate::citus::on_shards(corpus.oid, &corpus.sql, &call, &request, |shard, bytes| {
-        let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(shard, &corpus.sql, &m));
+    crate::citus::on_shards(corpus.oid, &corpus.sql, &call, &request, |node, bytes| {
+        let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(node, &corpus.sql, &m));
         let lists = reply.unwrap_or_else(|(code, message)| raise(code, message));
         if lists.len() != runs.len() {
-            crate::citus::malformed(shard, &corpus.sql, "wrong number of queries");
+            crate::citus::malformed(node, &corpus.sql, "wrong number of queries");
         }
         for (run, list) in runs.iter_mut().zip(lists) {
             run.extend(list);

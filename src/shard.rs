@@ -21,7 +21,7 @@ use std::str::FromStr;
 use nudge_core::knn::{Distance, TopK};
 use nudge_core::partial::{Partial, ShardPass, ShardSpec};
 use pgrx::prelude::*;
-use pgrx::{PgRelation, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 
 use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
@@ -47,13 +47,12 @@ pub struct Reply {
     pub rows: Vec<(u64, String, Option<String>, bool)>,
 }
 
-/// Run the pass over one shard. `dist_column` names the distribution column when the rows to
-/// write are addressed by it (NULL: by id alone). Returns a [`Reply`] or an error, encoded.
+/// Run the pass over `shards` (the shards of one table on this worker). `dist_column` names
+/// the distribution column when the rows to write are addressed by it (NULL: by id alone).
+/// Returns a [`Reply`] or an error, encoded.
 #[pg_extern(volatile, parallel_unsafe)]
-fn nudge_shard_pass(shard: PgRelation, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Vec<u8> {
-    let oid = shard.oid();
-    drop(shard);
-    catching(|| ok_bytes(&pass(oid, id_column, embedding, dist_column, request)))
+fn nudge_shard_pass(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Vec<u8> {
+    catching(|| ok_bytes(&pass(&shards, id_column, embedding, dist_column, request)))
 }
 
 /// `f`'s reply, or the error it raised encoded as a reply (SQLSTATE and message). `f` runs in
@@ -91,40 +90,31 @@ fn catching(f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
     .execute()
 }
 
-/// nudge_evaluate's k-NN over one shard: per query the top-k (key, score), best first, keys of
-/// labelled ids from the request, other rows numbered as in [`nudge_shard_pass`].
+/// nudge_evaluate's k-NN over some shards of one worker: per query the top-k (key, score), best
+/// first, keys of labelled ids from the request, other rows numbered as in [`nudge_shard_pass`].
 #[pg_extern(volatile, parallel_unsafe)]
-fn nudge_shard_topk(shard: PgRelation, id_column: &str, embedding: &str, request: &[u8]) -> Vec<u8> {
-    let oid = shard.oid();
-    drop(shard);
+fn nudge_shard_topk(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, request: &[u8]) -> Vec<u8> {
     catching(|| {
-        let (topk, labelled) = TopKRequest::from_bytes(request)
+        let (mut topk, labelled) = TopKRequest::from_bytes(request)
             .unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_topk: {m}")));
-        let rel = columns::relation(oid);
-        let id = rel.column(id_column, "the id column");
-        let (emb, kind) = rel.vector_column(embedding, "an embedding column");
-        let (shard_id, n_labelled, dim) = (shard_id(&rel.sql), labelled.len() as u64, topk.dim());
-        let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
-        let (mut topk, mut keys, mut buf, mut ordinal) = (topk, Vec::new(), Vec::new(), 0u64);
-        let flush = |keys: &mut Vec<u64>, buf: &mut Vec<f32>, t: &mut TopK| {
-            let view = ndarray::ArrayView2::from_shape((keys.len(), dim), buf).expect("rows x dim");
-            crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge_shard_topk"), None, |h| t.push_batch(keys, view, h)).or_raise();
-            keys.clear();
-            buf.clear();
-        };
-        read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, ""), |row| {
-            let rid = row.text(1).unwrap_or_default();
-            keys.push(labelled.get(rid.as_str()).copied().unwrap_or(n_labelled + (shard_id << 32) + ordinal));
-            ordinal += 1;
-            let mut d = dim;
-            push_embedding(row.datum(2), kind, &mut d, &mut buf, &|| format!("embedding of row {rid:?} in {}", rel.sql));
-            if keys.len() >= batch_rows {
-                flush(&mut keys, &mut buf, &mut topk);
-            }
-        });
-        if !keys.is_empty() {
-            flush(&mut keys, &mut buf, &mut topk);
+        let (n_labelled, dim) = (labelled.len() as u64, topk.dim());
+        let mut batch = Batcher::new(dim);
+        let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, h: &mut nudge_core::Hooks| t.push_batch(keys, v, h);
+        for &shard in &shards {
+            let rel = columns::relation(shard);
+            let id = rel.column(id_column, "the id column");
+            let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+            let first_key = n_labelled + (shard_id(&rel.sql) << 32);
+            let mut ordinal = 0u64;
+            read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, ""), |row| {
+                let rid = row.text(1).unwrap_or_default();
+                batch.keys.push(labelled.get(rid.as_str()).copied().unwrap_or(first_key + ordinal));
+                ordinal += 1;
+                push_embedding(row.datum(2), kind, &mut dim.clone(), &mut batch.vectors, &|| format!("embedding of row {rid:?} in {}", rel.sql));
+                batch.flush_if_full(&mut topk, &mut push);
+            });
         }
+        batch.flush(&mut topk, &mut push);
         let runs = topk.finish();
         let mut w = W(b"NDGR\x01O".to_vec());
         w.u64(runs.len() as u64);
@@ -208,71 +198,96 @@ impl TopKRequest {
     }
 }
 
-fn pass(shard: pg_sys::Oid, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Reply {
+fn pass(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Reply {
     let req = Request::from_bytes(request).unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_pass: {m}")));
-    let rel = columns::relation(shard);
-    let id = rel.column(id_column, "the id column");
-    let (emb, kind) = rel.vector_column(embedding, "an embedding column");
-    let dist = dist_column.map(|d| rel.column(d, "the distribution column"));
-    let shard_id = shard_id(&rel.sql);
     let n_labelled = req.labelled.len() as u64;
-    let extra = dist.as_ref().filter(|_| req.writing).map(|d| format!(", t.{}::text", d.ident)).unwrap_or_default();
     let moving: std::collections::HashSet<u64> = req.spec.moving_keys.iter().copied().collect();
     let dim = req.spec.dim;
     let mut shard_pass = ShardPass::new(req.spec).or_raise();
-    let batch_rows = crate::guc::BATCH_ROWS.get().max(1) as usize;
-    let (mut keys, mut buf, mut ordinal) = (Vec::new(), Vec::new(), 0u64);
+    let mut batch = Batcher::new(dim);
     let (mut labelled_seen, mut rows) = (Vec::new(), Vec::new());
-    let flush = |keys: &mut Vec<u64>, buf: &mut Vec<f32>, p: &mut ShardPass| {
-        let view = ndarray::ArrayView2::from_shape((keys.len(), dim), buf).expect("rows x dim");
-        crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge_shard_pass"), None, |h| p.push_batch(keys, view, h)).or_raise();
-        keys.clear();
-        buf.clear();
-    };
-    read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, &extra), |row| {
-        let rid = row.text(1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {} is NULL in some row", id.name, rel.sql)));
-        let key = match req.labelled.get(rid.as_str()) {
-            Some(&k) => {
-                labelled_seen.push(k);
-                k
+    let mut push = |p: &mut ShardPass, keys: &[u64], v: ndarray::ArrayView2<f32>, h: &mut nudge_core::Hooks| p.push_batch(keys, v, h);
+    for &shard in shards {
+        let rel = columns::relation(shard);
+        let id = rel.column(id_column, "the id column");
+        let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+        let dist = dist_column.map(|d| rel.column(d, "the distribution column"));
+        let first_key = n_labelled + (shard_id(&rel.sql) << 32);
+        let extra = dist.as_ref().filter(|_| req.writing).map(|d| format!(", t.{}::text", d.ident)).unwrap_or_default();
+        let mut ordinal = 0u64;
+        read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, &extra), |row| {
+            let rid = row.text(1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {} is NULL in some row", id.name, rel.sql)));
+            let key = match req.labelled.get(rid.as_str()) {
+                Some(&k) => {
+                    labelled_seen.push(k);
+                    k
+                }
+                None => first_key + ordinal,
+            };
+            ordinal += 1;
+            let what = || format!("embedding of row {rid:?} in {}", rel.sql);
+            let buf = &mut batch.vectors;
+            push_embedding(row.datum(2), kind, &mut dim.clone(), buf, &what);
+            let current = buf.len() - dim;
+            let from_original = req
+                .originals
+                .get(rid.as_str())
+                .filter(|(written, original)| original.len() == dim && *written == read::digest_of(row.datum(2), kind, &buf[current..]));
+            match from_original {
+                Some((_, original)) => {
+                    buf.truncate(current);
+                    buf.extend_from_slice(original);
+                }
+                None if buf[current..].iter().all(|v| *v == 0.0) => raise_with(
+                    Code::ERRCODE_DATA_EXCEPTION,
+                    format!("{} is a zero vector", what()),
+                    None,
+                    Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
+                ),
+                None => {}
             }
-            None => n_labelled + (shard_id << 32) + ordinal,
-        };
-        ordinal += 1;
-        let what = || format!("embedding of row {rid:?} in {}", rel.sql);
-        let mut d = dim;
-        push_embedding(row.datum(2), kind, &mut d, &mut buf, &what);
-        let current = buf.len() - dim;
-        let from_original = req
-            .originals
-            .get(rid.as_str())
-            .filter(|(written, original)| original.len() == dim && *written == read::digest_of(row.datum(2), kind, &buf[current..]));
-        match from_original {
-            Some((_, original)) => {
-                buf.truncate(current);
-                buf.extend_from_slice(original);
+            if req.writing && (moving.contains(&key) || from_original.is_some()) {
+                rows.push((key, rid, if extra.is_empty() { None } else { row.text(3) }, from_original.is_some()));
             }
-            None if buf[current..].iter().all(|v| *v == 0.0) => raise_with(
-                Code::ERRCODE_DATA_EXCEPTION,
-                format!("{} is a zero vector", what()),
-                None,
-                Some("NUDGE normalises every record; give the row a real embedding or leave it out through a view.".into()),
-            ),
-            None => {}
-        }
-        if req.writing && (moving.contains(&key) || from_original.is_some()) {
-            rows.push((key, rid, if extra.is_empty() { None } else { row.text(3) }, from_original.is_some()));
-        }
-        keys.push(key);
-        if keys.len() >= batch_rows {
-            flush(&mut keys, &mut buf, &mut shard_pass);
-        }
-    });
-    if !keys.is_empty() {
-        flush(&mut keys, &mut buf, &mut shard_pass);
+            batch.keys.push(key);
+            batch.flush_if_full(&mut shard_pass, &mut push);
+        });
     }
+    batch.flush(&mut shard_pass, &mut push);
     Reply { partial: shard_pass.finish(), labelled_seen, rows }
 }
+
+/// Rows of a shard scan gathered into batches for the core.
+struct Batcher {
+    keys: Vec<u64>,
+    vectors: Vec<f32>,
+    dim: usize,
+    rows: usize,
+}
+
+impl Batcher {
+    fn new(dim: usize) -> Self {
+        Batcher { keys: Vec::new(), vectors: Vec::new(), dim, rows: crate::guc::BATCH_ROWS.get().max(1) as usize }
+    }
+
+    fn flush_if_full<T>(&mut self, state: &mut T, push: &mut PushFn<T>) {
+        if self.keys.len() >= self.rows {
+            self.flush(state, push);
+        }
+    }
+
+    fn flush<T>(&mut self, state: &mut T, push: &mut PushFn<T>) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let view = ndarray::ArrayView2::from_shape((self.keys.len(), self.dim), &self.vectors).expect("rows x dim");
+        crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge shard pass"), None, |h| push(state, &self.keys, view, h)).or_raise();
+        self.keys.clear();
+        self.vectors.clear();
+    }
+}
+
+type PushFn<'a, T> = dyn FnMut(&mut T, &[u64], ndarray::ArrayView2<f32>, &mut nudge_core::Hooks) -> nudge_core::Result<()> + 'a;
 
 /// The shard id Citus puts at the end of a shard's name (`docs_102008`).
 fn shard_id(name: &str) -> u64 {

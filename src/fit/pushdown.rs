@@ -1,5 +1,5 @@
 //! Phase 4, distributed form: the corpus pass run on the shards of a Citus distributed table
-//! (`nudge_shard_pass` on every shard, see `citus::on_shards`), the shards' partial
+//! (`nudge_shard_pass` on every worker over its shards, see `citus::on_shards`), the partial
 //! results merged into the coordinator's pass. Same checks and same result as the local pass;
 //! what reaches the coordinator is per shard the static top-k of each validation query and
 //! the shard's moving records (see src/shard.rs).
@@ -36,7 +36,7 @@ pub fn pass(corpus: &Corpus, labels: &Labels, mut pass: FitPass, originals: &Ori
         _ => "NULL".into(),
     };
     let call = format!(
-        "public.nudge_shard_pass({{shard}}, {}, {}, {}, {{request}})",
+        "public.nudge_shard_pass({{shards}}, {}, {}, {}, {{request}})",
         quote_literal(&corpus.id.name),
         quote_literal(&corpus.emb.name),
         dist
@@ -45,10 +45,10 @@ pub fn pass(corpus: &Corpus, labels: &Labels, mut pass: FitPass, originals: &Ori
     let mut seen = vec![false; labels.keys.len()];
     let mut addresses = Addresses { moving: HashMap::new(), previously_moved: Vec::new() };
     let (mut shards, mut reply_bytes) = (0u64, 0u64);
-    reporter.report("scanning corpus on the shards", 0, None);
-    citus::on_shards(corpus.oid, &corpus.sql, &call, &request.to_bytes(), |shard, bytes| {
+    reporter.report("scanning corpus on the workers", 0, None);
+    citus::on_shards(corpus.oid, &corpus.sql, &call, &request.to_bytes(), |node, bytes| {
         reply_bytes += bytes.len() as u64;
-        let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(shard, &corpus.sql, &m));
+        let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(node, &corpus.sql, &m));
         let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
         for k in reply.labelled_seen {
             if std::mem::replace(&mut seen[k as usize], true) {
@@ -66,9 +66,9 @@ pub fn pass(corpus: &Corpus, labels: &Labels, mut pass: FitPass, originals: &Ori
         }
         pass.push_partial(reply.partial).or_raise();
         shards += 1;
-        reporter.report("scanning corpus on the shards", shards, None);
+        reporter.report("scanning corpus on the workers", shards, None);
     });
-    debug1!("nudge_fit: {shards} shards of {} answered {reply_bytes} bytes", corpus.sql);
+    debug1!("nudge_fit: {shards} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
     if let Some(k) = seen.iter().position(|s| !s) {
         raise_with(
             Code::ERRCODE_FOREIGN_KEY_VIOLATION,

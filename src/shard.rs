@@ -1,16 +1,16 @@
-//! The corpus pass of a fit pushed down to the shards of a Citus distributed table.
+//! The corpus pass of a fit pushed down to the workers of a Citus distributed table.
 //!
-//! The coordinator sends every shard the same [`Request`] (the core's `ShardSpec`: evaluated
+//! The coordinator sends every worker the same [`Request`] (the core's `ShardSpec`: evaluated
 //! validation queries, k, moving keys; plus the key of every labelled id and the originals of
-//! rows earlier fits changed) and runs `nudge_shard_pass` on each shard through Citus. Each
-//! shard scans its rows with the checks of the local pass and answers a [`Reply`]: the core's
-//! `Partial` (per validation query its static top-k, and the moving records' vectors), the
-//! labelled keys it holds, and the addresses of the rows the fit may write. No other corpus
-//! vector leaves its worker. Errors travel back as SQLSTATE + message, so the coordinator
-//! raises them as if the pass had run locally.
+//! rows earlier fits changed) with the list of that worker's shards, and runs
+//! `nudge_shard_pass` there through Citus. The worker scans its shards with the checks of the
+//! local pass and answers one [`Reply`]: the core's `Partial` (per validation query its static
+//! top-k, and the moving records' vectors), the labelled keys it holds, and the addresses of
+//! the rows the fit may write. No other corpus vector leaves its worker. Errors travel back as
+//! SQLSTATE + message, so the coordinator raises them as if the pass had run locally.
 //!
 //! `nudge_evaluate` pushes its k-NN down the same way (`nudge_shard_topk`: per query the
-//! shard's top-k, merged on the coordinator).
+//! worker's top-k, merged on the coordinator).
 //!
 //! Unlabelled rows get keys unique across the table: `n_labelled + (shard id << 32) + ordinal`.
 
@@ -27,7 +27,7 @@ use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::read::{self, push_embedding};
 
-/// What every shard is asked.
+/// What every worker is asked.
 pub struct Request {
     pub spec: ShardSpec,
     /// Key of every labelled doc id (keys `0..labelled.len()`).
@@ -38,10 +38,10 @@ pub struct Request {
     pub writing: bool,
 }
 
-/// What a shard answers.
+/// What a worker answers.
 pub struct Reply {
     pub partial: Partial,
-    /// Labelled keys found in this shard.
+    /// Labelled keys found in its shards.
     pub labelled_seen: Vec<u64>,
     /// Rows the fit may write: (key, id, distribution column value, started from an original).
     pub rows: Vec<(u64, String, Option<String>, bool)>,

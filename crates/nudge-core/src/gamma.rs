@@ -26,6 +26,8 @@
 //!   (NUDGE-N with `Skip`: nothing changes beyond 2; with `Move`: `[0, 4]`, 2001 points;
 //!   NUDGE-M: `[0, 2]`, doubled up to `[0, 16]` while the best region touches the upper end),
 //!   then the middle grid point of the widest run of maximal values (the first such run on a tie).
+//! * K-fold cross-validated `Best` (the mean out-of-fold metric, one corpus pass for all
+//!   folds): [`crate::kfold::KFoldPass`].
 //!
 //! Validation metrics are averages over the validation queries that have at least one
 //! relevant record (others are ignored); ties are broken by key, descending.
@@ -102,7 +104,7 @@ pub struct FitOutcome {
 type PerQuery<'a, R> = dyn Fn(usize, &[f32], &[f32]) -> R + Sync + 'a;
 
 /// Geometry of the moving records, computed once after the pass.
-struct Prepared {
+pub(crate) struct Prepared {
     geoms: Vec<Geom>,
     /// NUDGE-N: records with bit-identical `G` end at the same `x = g`; `rep[j]` is the first
     /// moving record with `j`'s `G`, whose decomposition scores `q . g` for all of them, so
@@ -124,6 +126,8 @@ pub struct FitPass {
     n_seen: usize,
     /// Validation queries that have at least one relevant record, and their judgements.
     eval_q: Array2<f32>,
+    /// Row of `val_queries` of each evaluated query.
+    eval_rows: Vec<usize>,
     judged: Vec<Judged>,
     metric: Option<Metric>,
     engine: Option<Engine>,
@@ -131,9 +135,9 @@ pub struct FitPass {
     prepared: OnceLock<std::result::Result<Arc<Prepared>, NudgeError>>,
 }
 
-const GRID_POINTS: usize = 1001;
-const M_RANGE_START: f64 = 2.0;
-const M_RANGE_CAP: f64 = 16.0;
+pub(crate) const GRID_POINTS: usize = 1001;
+pub(crate) const M_RANGE_START: f64 = 2.0;
+pub(crate) const M_RANGE_CAP: f64 = 16.0;
 
 impl FitPass {
     /// `moving`: from [`gradients`](crate::gradient::gradients); `val_queries`: validation query
@@ -251,6 +255,7 @@ impl FitPass {
             n_seen: 0,
             moving,
             eval_q,
+            eval_rows: rows,
             judged,
             metric,
             engine,
@@ -426,7 +431,7 @@ impl FitPass {
         Ok(())
     }
 
-    fn prepare(&self) -> Result<Arc<Prepared>> {
+    pub(crate) fn prepare(&self) -> Result<Arc<Prepared>> {
         self.prepared
             .get_or_init(|| {
                 if let Some(p) = self.seen.iter().position(|s| !s) {
@@ -490,16 +495,7 @@ impl FitPass {
                     })
                     .collect();
                 let statics = self.engine.as_ref().map(|e| e.sorted()).unwrap_or_default();
-                for list in &statics {
-                    let mut ks: Vec<u64> = list.iter().map(|p| p.1).collect();
-                    ks.sort_unstable();
-                    if let Some(w) = ks.windows(2).find(|w| w[0] == w[1]) {
-                        return Err(invalid(
-                            "keys",
-                            format!("key {} appears more than once", w[0]),
-                        ));
-                    }
-                }
+                check_static_lists(&statics)?;
                 Ok(Arc::new(Prepared {
                     geoms,
                     rep,
@@ -562,7 +558,7 @@ impl FitPass {
     }
 
     /// The mean of `metric` over the evaluated validation queries at each of `gammas`.
-    fn eval_grid(
+    pub(crate) fn eval_grid(
         &self,
         prep: &Prepared,
         gammas: &[f64],
@@ -794,6 +790,32 @@ impl FitPass {
         ))
     }
 
+    /// Rows of the validation query matrix that are evaluated (those with a relevant record),
+    /// in order; `statics` of [`PassParts`] follow this order.
+    pub(crate) fn eval_rows(&self) -> &[usize] {
+        &self.eval_rows
+    }
+
+    /// The result of the corpus pass without choosing gamma: every moving record must have been
+    /// seen (else `UnknownRecord`), static lists are checked for repeated keys.
+    pub(crate) fn into_parts(self) -> Result<PassParts> {
+        if let Some(p) = self.seen.iter().position(|s| !s) {
+            return Err(NudgeError::UnknownRecord {
+                what: "moving record".into(),
+                key: self.moving.keys[p],
+            });
+        }
+        let statics = self.engine.as_ref().map(|e| e.sorted()).unwrap_or_default();
+        check_static_lists(&statics)?;
+        Ok(PassParts {
+            k: self.engine.as_ref().map_or(0, |e| e.k()),
+            statics,
+            moving: self.moving,
+            original: self.original,
+            rows_seen: self.rows_seen,
+        })
+    }
+
     /// The validation metric (see [`FitPass::metric`]) at `gamma`, computed the one-pass way:
     /// static top-k from the pass merged with the moving records at `gamma`. Call it only after
     /// all batches were pushed (a moving key not seen yet is `UnknownRecord`). Runs on rayon's
@@ -904,6 +926,33 @@ impl FitPass {
     }
 }
 
+/// What a finished corpus pass holds (see [`FitPass::into_parts`]).
+pub(crate) struct PassParts {
+    /// `k` of the static search (0: none).
+    pub k: usize,
+    /// Static top-k per evaluated validation query, best first.
+    pub statics: Vec<Vec<(f32, u64)>>,
+    pub moving: MovingSet,
+    /// Original vectors of the moving records, rows as `moving.keys`.
+    pub original: Array2<f32>,
+    pub rows_seen: u64,
+}
+
+/// A static key listed twice for one query means a key was pushed twice.
+fn check_static_lists(statics: &[Vec<(f32, u64)>]) -> Result<()> {
+    for list in statics {
+        let mut ks: Vec<u64> = list.iter().map(|p| p.1).collect();
+        ks.sort_unstable();
+        if let Some(w) = ks.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(
+                "keys",
+                format!("key {} appears more than once", w[0]),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Per-row `|d|^2`, (row, moving position) pairs, mask of moving rows.
 pub(crate) type CheckedBatch = (Vec<f64>, Vec<(usize, usize)>, Vec<bool>);
 
@@ -963,7 +1012,7 @@ pub(crate) fn check_batch(
 }
 
 /// Start and end (inclusive) of the widest run of maximal values (first on a tie).
-fn widest_best_run(v: &[f64]) -> (usize, usize) {
+pub(crate) fn widest_best_run(v: &[f64]) -> (usize, usize) {
     let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let tol = 1e-12 * max.abs().max(1.0);
     let (mut best, mut cur): ((usize, usize), Option<usize>) = ((0, 0), None);

@@ -127,6 +127,36 @@ pub fn split(n: usize, validation_fraction: f64, seed: u32) -> Result<(Vec<usize
     Ok((train, p))
 }
 
+/// Deals `0..n` into `k` seeded folds for k-fold cross-validation: position `i` of
+/// [`permutation`]`(n, seed)` goes to fold `i % k` (round-robin), each fold keeping permutation
+/// order. Folds differ in size by at most one (the first `n % k` folds have one more). In numpy:
+///
+/// ```text
+/// np.random.seed(seed); p = np.random.permutation(n)
+/// folds = [p[f::k] for f in range(k)]
+/// ```
+///
+/// Errors (`InvalidParameter`, name `"folds"`): `k < 2`, `k > n`.
+pub fn folds(n: usize, k: usize, seed: u32) -> Result<Vec<Vec<usize>>> {
+    if k < 2 {
+        return Err(invalid(
+            "folds",
+            format!("at least 2 folds are needed, got {k}"),
+        ));
+    }
+    if k > n {
+        return Err(invalid(
+            "folds",
+            format!("{k} folds need at least {k} labelled queries, there are {n}"),
+        ));
+    }
+    let mut out: Vec<Vec<usize>> = (0..k).map(|_| Vec::with_capacity(n / k + 1)).collect();
+    for (i, q) in permutation(n, seed).into_iter().enumerate() {
+        out[i % k].push(q);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +239,47 @@ mod tests {
             split(1, 0.1, 0),
             Err(NudgeError::InvalidParameter { .. })
         ));
+    }
+
+    #[test]
+    fn folds_are_round_robin_over_the_permutation() {
+        // numpy 2.x: np.random.seed(0); p = np.random.permutation(10) -> [2 8 4 9 1 6 7 3 0 5]
+        assert_eq!(
+            folds(10, 3, 0).unwrap(),
+            vec![vec![2, 9, 7, 5], vec![8, 1, 3], vec![4, 6, 0]]
+        );
+        for (n, k, seed) in [
+            (10usize, 2usize, 1u32),
+            (11, 5, 7),
+            (1000, 7, 42),
+            (5, 5, 3),
+        ] {
+            let f = folds(n, k, seed).unwrap();
+            assert_eq!(f, folds(n, k, seed).unwrap());
+            assert_eq!(f.len(), k);
+            let p = permutation(n, seed);
+            for (i, fold) in f.iter().enumerate() {
+                assert_eq!(fold.len(), n / k + usize::from(i < n % k));
+                let want: Vec<usize> = p.iter().skip(i).step_by(k).copied().collect();
+                assert_eq!(fold, &want);
+            }
+            let mut all: Vec<usize> = f.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..n).collect::<Vec<_>>());
+        }
+        assert_ne!(folds(100, 4, 1).unwrap(), folds(100, 4, 2).unwrap());
+    }
+
+    #[test]
+    fn folds_reject_bad_input() {
+        for (n, k) in [(10usize, 0usize), (10, 1), (3, 4), (0, 2)] {
+            assert!(
+                matches!(
+                    folds(n, k, 0),
+                    Err(NudgeError::InvalidParameter { name: "folds", .. })
+                ),
+                "{n} {k}"
+            );
+        }
     }
 }

@@ -15,10 +15,11 @@ use std::str::FromStr;
 use ndarray::{s, Array2, Axis};
 use nudge_core::gamma::{FitConfig, FitPass, Selection};
 use nudge_core::gradient::{gradients, MovingSet, Qrel};
+use nudge_core::kfold::KFoldPass;
 use nudge_core::knn::{dot_rows, Distance, TopK};
 use nudge_core::metrics::{evaluate, Metric};
 use nudge_core::nudge::{apply, check_gamma, Method, NegativeRule};
-use nudge_core::split::{permutation, split};
+use nudge_core::split::{folds, permutation, split};
 use nudge_core::{Hooks, NudgeError, Progress};
 use proptest::prelude::*;
 
@@ -161,6 +162,11 @@ proptest! {
         if let Ok((train, val)) = split(n.min(100_000), fraction, seed) {
             prop_assert_eq!(train.len() + val.len(), n.min(100_000));
             prop_assert!(!train.is_empty() && !val.is_empty());
+        }
+        let k = (fraction.abs().min(1e6) * 10.0) as usize;
+        if let Ok(f) = folds(n.min(100_000), k, seed) {
+            prop_assert_eq!(f.len(), k);
+            prop_assert_eq!(f.iter().map(|x| x.len()).sum::<usize>(), n.min(100_000));
         }
     }
 
@@ -326,6 +332,34 @@ proptest! {
         });
         match res {
             Ok(o) => prop_assert!(o.vectors.iter().all(|x| x.is_finite())),
+            Err(e) => { let _ = e.to_string(); }
+        }
+    }
+
+    #[test]
+    fn kfold_never_panics(
+        queries in matrix(8, 3), q in qrels(14), n_labelled in prop_oneof![0u64..24, Just(u64::MAX)],
+        k in prop_oneof![6 => 0usize..6, 1 => Just(usize::MAX)], seed in any::<u32>(),
+        corpus in matrix(24, 3), sel in selection(), m in method(), r in rule(),
+        cancel in cancel_at(), split_at in 0usize..30,
+    ) {
+        let config = FitConfig { method: m, selection: sel, negative_rule: r };
+        let Ok(mut kp) = KFoldPass::new(queries, q, n_labelled, k, seed, config) else { return Ok(()); };
+        let _ = (kp.folds().len(), kp.labelled_keys().len(), kp.rows_seen(), kp.all_labelled_seen(), kp.shard_spec());
+        let keys: Vec<u64> = (0..corpus.nrows() as u64).collect();
+        let at = split_at.min(corpus.nrows());
+        let res = with_hooks(cancel, |hooks| {
+            let _ = kp.push_batch(&keys[..at], corpus.slice(s![..at, ..]), hooks);
+            let _ = kp.push_batch(&keys[at..], corpus.slice(s![at.., ..]), hooks);
+            kp.finish(hooks)
+        });
+        match res {
+            Ok(o) => {
+                prop_assert!(o.fit.vectors.iter().all(|x| x.is_finite()));
+                prop_assert!(o.gamma.is_finite() && o.gamma >= 0.0);
+                prop_assert!(o.cv_metric_after >= o.cv_metric_before - 1e-12);
+                prop_assert_eq!(o.fold_curves.len(), o.folds.len());
+            }
             Err(e) => { let _ = e.to_string(); }
         }
     }

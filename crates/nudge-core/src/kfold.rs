@@ -1,0 +1,407 @@
+//! K-fold selection of `gamma`, with one corpus pass for all folds.
+//!
+//! The labelled queries (the query rows that at least one qrels row names, whatever its grade,
+//! in ascending row order) are dealt into `K` seeded folds with [`folds`](crate::split::folds):
+//! fold `f` holds the labelled queries at positions `p[f::K]` of
+//! `np.random.seed(seed); p = np.random.permutation(n_labelled_queries)`. For every fold `f`:
+//! `G_f` is built from the queries of the other folds (its moving set: the records they label
+//! relevant), and the metric is measured on the queries of fold `f`, at every candidate
+//! `gamma`. The chosen `gamma` maximises the mean out-of-fold metric, defined as the mean over
+//! the `K` folds of each fold's mean metric over its evaluated queries (those with a relevant
+//! record); grid and tie rule are those of [`Selection::Best`]: 1001 points over `[0, 2]`
+//! (NUDGE-N with `Move`: 2001 over `[0, 4]`; NUDGE-M: `[0, 2]` doubled up to `[0, 16]` while
+//! the best region of the mean curve touches the upper end), then the middle point of the
+//! widest run of maximal mean values (the first such run on a tie). The final update uses `G`
+//! from ALL labelled queries, at that `gamma`.
+//!
+//! One scan serves every fold. A record that no query labels relevant is static in every fold;
+//! a record some query labels relevant (a *labelled record*, the moving set of the final fit)
+//! is moving in fold `f` if a query outside `f` labels it, and static in fold `f` otherwise.
+//! The scan ([`push_batch`](KFoldPass::push_batch), each corpus row exactly once) keeps, for
+//! every evaluated query, the top-k of the records that are static in every fold, and captures
+//! the original vectors of all labelled records (they are few). [`finish`](KFoldPass::finish)
+//! then builds, per fold, a [`FitPass`] fed with that fold's queries' static lists (as a
+//! [`Partial`]) and the captured labelled records (as one batch: those static in the fold are
+//! scored exactly as the scan would have scored them, the others are its moving records). Each
+//! fold's pass is therefore the same as a [`FitPass`] that scanned the whole corpus with `G_f`
+//! and fold `f` as validation (scores are bitwise independent of batching, see
+//! [`crate::partial`]), which the tests check against exactly that brute force.
+//!
+//! Cost: the scan costs what one [`FitPass`] with every labelled query as validation costs; the
+//! gamma search scores every labelled query against (nearly) the whole moving set once, i.e.
+//! about `n_queries / n_validation` times a one-fold search, plus `K` times the per-record
+//! geometry of the moving set.
+//!
+//! The pass can be split across shards like a [`FitPass`]: [`shard_spec`](KFoldPass::shard_spec)
+//! and [`push_partial`](KFoldPass::push_partial).
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use crate::error::{invalid, NudgeError, Result};
+use crate::exec::{install, Hooks};
+use crate::gamma::{
+    widest_best_run, FitConfig, FitOutcome, FitPass, Selection, GRID_POINTS, M_RANGE_CAP,
+    M_RANGE_START,
+};
+use crate::gradient::{gradients, Qrel};
+use crate::metrics::{Judged, Metric};
+use crate::nudge::{apply, Method, NegativeRule};
+use crate::partial::{Partial, ShardSpec};
+use crate::split::folds;
+
+/// Result of a k-fold fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldOutcome {
+    /// The chosen `gamma` (also `fit.gamma`).
+    pub gamma: f64,
+    /// The metric that was maximised.
+    pub metric: Metric,
+    /// Mean out-of-fold metric at `gamma = 0`.
+    pub cv_metric_before: f64,
+    /// Mean out-of-fold metric at the chosen `gamma`.
+    pub cv_metric_after: f64,
+    /// `(gamma, mean out-of-fold metric)` over the final grid.
+    pub curve: Vec<(f64, f64)>,
+    /// Per fold, its mean metric at every `gamma` of `curve`.
+    pub fold_curves: Vec<Vec<f64>>,
+    /// Per fold, its query rows (rows of the query matrix), in fold order.
+    pub folds: Vec<Vec<usize>>,
+    /// Per fold, how many of its queries were evaluated (those with a relevant record).
+    pub fold_evaluated: Vec<usize>,
+    /// The final fit: every labelled record, `G` from all labelled queries, at `gamma`
+    /// (`validation_before/after` are the cross-validated values, `curve` the mean curve).
+    pub fit: FitOutcome,
+}
+
+/// A k-fold fit: create, push every corpus batch once, finish.
+pub struct KFoldPass {
+    config: FitConfig,
+    metric: Metric,
+    queries: Array2<f32>,
+    qrels: Vec<Qrel>,
+    n_labelled: u64,
+    /// Query rows per fold.
+    folds: Vec<Vec<usize>>,
+    /// Per fold, the range of the scan's evaluated queries that belong to it.
+    ranges: Vec<(usize, usize)>,
+    /// The scan: moving = every labelled record (G from all labelled queries), validation = all
+    /// labelled queries in fold-major order.
+    pass: FitPass,
+}
+
+impl KFoldPass {
+    /// `queries`: query vectors; `qrels`: judgements with `query` = row of `queries` and
+    /// `record` = labelled key (below `n_labelled`); `k_folds` folds dealt with `seed`;
+    /// `config.selection` must be `Selection::Best(metric)`.
+    ///
+    /// Errors: the checks of [`gradients`] and [`FitPass::new`]; `InvalidParameter` named
+    /// `"selection"` for another selection, and named `"folds"` for fewer than 2 folds, more
+    /// folds than labelled queries, or a fold none of whose queries has a relevant record.
+    pub fn new(
+        queries: Array2<f32>,
+        qrels: Vec<Qrel>,
+        n_labelled: u64,
+        k_folds: usize,
+        seed: u32,
+        config: FitConfig,
+    ) -> Result<Self> {
+        let metric = match config.selection {
+            Selection::Best(m) => m,
+            _ => {
+                return Err(invalid(
+                    "selection",
+                    "k-fold selection of gamma needs Selection::Best(metric)",
+                ))
+            }
+        };
+        metric.validate()?;
+        if k_folds < 2 {
+            return Err(invalid(
+                "folds",
+                format!("at least 2 folds are needed, got {k_folds}"),
+            ));
+        }
+        let nq = queries.nrows();
+        let mut is_labelled = vec![false; nq];
+        for q in &qrels {
+            let row = q.query as usize;
+            if row >= nq {
+                return Err(invalid(
+                    "qrels",
+                    format!(
+                        "query row {} is out of range (there are {nq} queries)",
+                        q.query
+                    ),
+                ));
+            }
+            is_labelled[row] = true;
+        }
+        let labelled: Vec<usize> = (0..nq).filter(|&r| is_labelled[r]).collect();
+        if labelled.is_empty() {
+            return Err(NudgeError::Empty {
+                what: "labelled queries".into(),
+            });
+        }
+        if k_folds > labelled.len() {
+            return Err(invalid(
+                "folds",
+                format!(
+                    "{k_folds} folds need at least {k_folds} labelled queries, there are {}",
+                    labelled.len()
+                ),
+            ));
+        }
+        // validates queries, qrels and grades; the moving set of the final fit
+        let all = gradients(queries.view(), &qrels, &labelled, n_labelled)?;
+        let mut per_query: Vec<Vec<(u64, f64)>> = vec![Vec::new(); nq];
+        for q in &qrels {
+            per_query[q.query as usize].push((q.record, q.grade));
+        }
+        let has_rel: Vec<bool> = per_query
+            .iter()
+            .map(|r| !r.is_empty() && Judged::new(r).n_rel > 0)
+            .collect();
+        let fold_rows: Vec<Vec<usize>> = folds(labelled.len(), k_folds, seed)?
+            .into_iter()
+            .map(|f| f.into_iter().map(|i| labelled[i]).collect())
+            .collect();
+        for (f, rows) in fold_rows.iter().enumerate() {
+            if !rows.iter().any(|&r| has_rel[r]) {
+                return Err(invalid(
+                    "folds",
+                    format!(
+                        "fold {f} ({} queries) has no query with a relevant record; use fewer \
+                         folds or another seed",
+                        rows.len()
+                    ),
+                ));
+            }
+        }
+        // validation of the scan: all labelled queries, fold-major
+        let order: Vec<usize> = fold_rows.concat();
+        let mut pos = vec![usize::MAX; nq];
+        for (i, &r) in order.iter().enumerate() {
+            pos[r] = i;
+        }
+        let vq = queries.select(Axis(0), &order);
+        let vr: Vec<Qrel> = qrels
+            .iter()
+            .map(|q| Qrel {
+                query: pos[q.query as usize] as u32,
+                ..*q
+            })
+            .collect();
+        let pass = FitPass::new(all, vq, vr, config)?;
+        let eval = pass.eval_rows();
+        let mut ranges = Vec::with_capacity(k_folds);
+        let (mut start, mut e) = (0usize, 0usize);
+        for rows in &fold_rows {
+            let end = start + rows.len();
+            let e0 = e;
+            while e < eval.len() && eval[e] < end {
+                e += 1;
+            }
+            ranges.push((e0, e));
+            start = end;
+        }
+        Ok(KFoldPass {
+            config,
+            metric,
+            queries,
+            qrels,
+            n_labelled,
+            folds: fold_rows,
+            ranges,
+            pass,
+        })
+    }
+
+    /// Query rows per fold, in fold order.
+    pub fn folds(&self) -> &[Vec<usize>] {
+        &self.folds
+    }
+
+    /// The labelled records (the moving set of the final fit), sorted; their vectors are
+    /// captured during the scan.
+    pub fn labelled_keys(&self) -> &[u64] {
+        self.pass.moving_keys()
+    }
+
+    /// Corpus rows pushed so far.
+    pub fn rows_seen(&self) -> u64 {
+        self.pass.rows_seen()
+    }
+
+    /// Whether every labelled record has been seen.
+    pub fn all_labelled_seen(&self) -> bool {
+        self.pass.all_moving_seen()
+    }
+
+    /// One corpus batch; every row must be pushed exactly once over the whole pass (the same
+    /// checks as [`FitPass::push_batch`]).
+    pub fn push_batch(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        self.pass.push_batch(keys, vectors, hooks)
+    }
+
+    /// What each shard needs for its part of the scan (see [`crate::partial`]).
+    pub fn shard_spec(&self) -> ShardSpec {
+        self.pass.shard_spec()
+    }
+
+    /// One shard's result, as [`FitPass::push_partial`].
+    pub fn push_partial(&mut self, p: Partial) -> Result<()> {
+        self.pass.push_partial(p)
+    }
+
+    /// Chooses gamma by k-fold cross-validation (see the module doc) and applies the method at
+    /// it with `G` from all labelled queries. Every labelled record must have been pushed
+    /// (`UnknownRecord` otherwise).
+    pub fn finish(self, hooks: &mut Hooks) -> Result<FoldOutcome> {
+        hooks.check()?;
+        let KFoldPass {
+            config,
+            metric,
+            queries,
+            qrels,
+            n_labelled,
+            folds,
+            ranges,
+            pass,
+        } = self;
+        let parts = pass.into_parts()?;
+        let n_cap = parts.moving.len() as u64;
+        let mut in_fold = vec![usize::MAX; queries.nrows()];
+        for (f, rows) in folds.iter().enumerate() {
+            for &r in rows {
+                in_fold[r] = f;
+            }
+        }
+        let mut passes = Vec::with_capacity(folds.len());
+        for (f, rows) in folds.iter().enumerate() {
+            hooks.check()?;
+            let train: Vec<usize> = folds
+                .iter()
+                .enumerate()
+                .filter(|&(g, _)| g != f)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect();
+            let ms = gradients(queries.view(), &qrels, &train, n_labelled)?;
+            let mut pos = vec![u32::MAX; queries.nrows()];
+            for (i, &r) in rows.iter().enumerate() {
+                pos[r] = i as u32;
+            }
+            let vq = queries.select(Axis(0), rows);
+            let vr: Vec<Qrel> = qrels
+                .iter()
+                .filter(|q| in_fold[q.query as usize] == f)
+                .map(|q| Qrel {
+                    query: pos[q.query as usize],
+                    ..*q
+                })
+                .collect();
+            let mut fp = FitPass::new(ms, vq, vr, config)?;
+            let (r0, r1) = ranges[f];
+            debug_assert_eq!(fp.n_validation_queries(), r1 - r0);
+            fp.push_partial(Partial {
+                k: parts.k,
+                statics: parts.statics[r0..r1].to_vec(),
+                moving: Vec::new(),
+                rows_seen: parts.rows_seen - n_cap,
+            })?;
+            fp.push_batch(&parts.moving.keys, parts.original.view(), hooks)?;
+            passes.push(fp);
+        }
+        let method = config.method;
+        let kf = passes.len() as f64;
+        let mut hi = match (method, config.negative_rule) {
+            (Method::NudgeN, NegativeRule::Skip) => 2.0,
+            (Method::NudgeN, NegativeRule::Move) => 4.0,
+            (Method::NudgeM, _) => M_RANGE_START,
+        };
+        let (gamma, curve, fold_curves, mid) = loop {
+            let points = if method == Method::NudgeN {
+                (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
+            } else {
+                GRID_POINTS
+            };
+            let grid: Vec<f64> = (0..points)
+                .map(|i| hi * i as f64 / (points - 1) as f64)
+                .collect();
+            let mut fold_curves = Vec::with_capacity(passes.len());
+            for fp in &passes {
+                let prep = install(hooks.pool, || fp.prepare())?;
+                fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?);
+            }
+            let mean = mean_curve(&fold_curves, points, kf);
+            let (s, e) = widest_best_run(&mean);
+            if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
+                hi *= 2.0;
+                continue;
+            }
+            let mid = s + (e - s) / 2;
+            break (
+                grid[mid],
+                grid.into_iter().zip(mean).collect::<Vec<_>>(),
+                fold_curves,
+                mid,
+            );
+        };
+        drop(passes);
+        let n = parts.moving.len() as u64;
+        hooks.check()?;
+        hooks.report("applying gamma", 0, Some(n));
+        let (vectors, changed) = install(hooks.pool, || {
+            apply(
+                method,
+                gamma,
+                parts.original.view(),
+                parts.moving.g.view(),
+                config.negative_rule,
+            )
+        })?;
+        hooks.report("applying gamma", n, Some(n));
+        let (before, after) = (curve[0].1, curve[mid].1);
+        Ok(FoldOutcome {
+            gamma,
+            metric,
+            cv_metric_before: before,
+            cv_metric_after: after,
+            fold_evaluated: ranges.iter().map(|r| r.1 - r.0).collect(),
+            folds,
+            fold_curves,
+            fit: FitOutcome {
+                gamma,
+                validation_before: Some(before),
+                validation_after: Some(after),
+                metric: Some(metric),
+                keys: parts.moving.keys,
+                original: parts.original,
+                vectors,
+                changed,
+                curve: curve.clone(),
+            },
+            curve,
+        })
+    }
+}
+
+/// Mean over folds at each grid point (summed in fold order, then divided by the fold count).
+pub(crate) fn mean_curve(fold_curves: &[Vec<f64>], points: usize, kf: f64) -> Vec<f64> {
+    (0..points)
+        .map(|i| {
+            let mut s = 0.0;
+            for c in fold_curves {
+                s += c[i];
+            }
+            s / kf
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

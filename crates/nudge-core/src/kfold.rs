@@ -1,7 +1,7 @@
 //! K-fold selection of `gamma`, with one corpus pass for all folds.
 //!
 //! The labelled queries (the query rows that at least one qrels row names, whatever its grade,
-//! in ascending row order) are dealt into `K` seeded folds with [`folds`](crate::split::folds):
+//! in ascending row order) are dealt into `K` seeded folds with [`crate::split::folds`]:
 //! fold `f` holds the labelled queries at positions `p[f::K]` of
 //! `np.random.seed(seed); p = np.random.permutation(n_labelled_queries)`. For every fold `f`:
 //! `G_f` is built from the queries of the other folds (its moving set: the records they label

@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,7 +70,15 @@ def ensure_db():
         for w in workers:
             c.execute("SELECT citus_add_node(%s, %s)", w)  # idempotent
         c.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        c.execute("CREATE EXTENSION IF NOT EXISTS nudge")
+        # a fresh catalog for the installed build (as bench.py); an interrupted run may have
+        # left a fit applied: put its vectors back first
+        if c.execute("SELECT 1 FROM pg_extension WHERE extname = 'nudge'").fetchone():
+            for (fid,) in c.execute("SELECT fit_id FROM nudge.fits WHERE status = 'applied' ORDER BY fit_id DESC").fetchall():
+                log(f"reverting fit {fid} left applied")
+                c.execute("SELECT nudge_revert(%s)", (fid,))
+        c.execute("SET client_min_messages = warning")
+        c.execute("DROP EXTENSION IF EXISTS nudge CASCADE")
+        c.execute("CREATE EXTENSION nudge")
 
 
 def names(n):
@@ -85,11 +94,6 @@ def prepare(n):
     dist_params = dict(params, shards=SHARDS)
     with connect() as c:
         c.execute("CREATE TABLE IF NOT EXISTS bench_meta (name text PRIMARY KEY, params jsonb)")
-        # an interrupted run may have left a fit applied: put the vectors back first
-        for (fid,) in c.execute("SELECT fit_id FROM nudge.fits WHERE status = 'applied' AND corpus::text LIKE "
-                                "'bench_%' ORDER BY fit_id DESC").fetchall():
-            log(f"reverting fit {fid} left applied")
-            c.execute("SELECT nudge_revert(%s)", (fid,))
         fresh = meta_matches(c, base, params) and meta_matches(c, tables["push"], dist_params)
     if fresh:
         log(f"{base}: tables up to date")
@@ -144,13 +148,15 @@ def run_once(n, variant, dry_run):
         if not dry_run:  # untimed restore
             c.execute("SELECT nudge_revert(%s)", (fid,))
             c.execute(f"VACUUM {table}")
-    answered = [m for m in notices if f"shards of {table} answered" in m]
-    reply = int(answered[0].split()[-2]) if answered else None
+    # "nudge_fit: 32 shards of T answered N bytes" (one call per shard) or "nudge_fit: 2 workers
+    # answered N bytes for the shards of T" (one call per worker, later builds)
+    answered = [m for m in notices if m.startswith("nudge_fit: ") and " answered " in m and table in m]
+    reply = int(re.search(r"answered (\d+) bytes", answered[0]).group(1)) if answered else None
     if variant == "push":
-        assert answered and answered[0].startswith(f"nudge_fit: {SHARDS} shards"), f"no pushdown: {notices[-5:]}"
+        assert answered, f"no pushdown: {notices[-5:]}"
     else:
         assert not answered, f"{variant}: unexpected pushdown: {answered}"
-    return {"seconds": secs, "loadavg_before": load, "in_function_seconds": inner, "gamma": gamma, "records_changed": changed,
+    return {"seconds": secs, "loadavg_before": load, "debug": answered[0] if answered else None, "in_function_seconds": inner, "gamma": gamma, "records_changed": changed,
             "validation_before": vb, "validation_after": va, "rchar": read, "shard_reply_bytes": reply,
             "vmhwm": hwm}
 
@@ -187,7 +193,7 @@ def measure(n, reps, dry_run):
                   "gamma": rs[-1]["gamma"], "records_changed": rs[-1]["records_changed"],
                   "validation_before": rs[-1]["validation_before"], "validation_after": rs[-1]["validation_after"],
                   "rchar": summary([r["rchar"] for r in rs]),
-                  "shard_reply_bytes": [r["shard_reply_bytes"] for r in rs],
+                  "shard_reply_bytes": [r["shard_reply_bytes"] for r in rs], "debug": rs[-1]["debug"],
                   "vmhwm": summary([r["vmhwm"] for r in rs]),
                   "loadavg_before": [round(r["loadavg_before"], 2) for r in rs]}
     return out

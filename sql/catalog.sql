@@ -45,7 +45,8 @@ CREATE TABLE nudge.fits (
     created_at          timestamptz NOT NULL DEFAULT now(),
     created_by          name        NOT NULL DEFAULT current_user,
     reverted_at         timestamptz,
-    refit_of            bigint
+    refit_of            bigint,
+    folds               int
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 

@@ -19,12 +19,15 @@ pub enum Placement {
     /// A plain PostgreSQL table (also on a Citus coordinator): rows addressed by ctid.
     Local,
     /// A Citus table: rows addressed by id, and by the distribution column when it is not the
-    /// id. `sharded`: a distributed table with shards on the workers (not a reference, local
-    /// or single-shard table), whose corpus pass can run on the shards.
-    Citus { dist: Option<Column>, sharded: bool },
+    /// id. `pushdown`: the corpus pass runs on the workers (see [`placement`]).
+    Citus { dist: Option<Column>, pushdown: bool },
 }
 
-/// The placement of table `rel` whose id column is `id`.
+/// The placement of table `rel` whose id column is `id`. The pass of a distributed table
+/// (with shards on the workers: not a reference, local or single-shard table) runs on the
+/// workers when `nudge.citus_pushdown` is on, unless this transaction has already fitted or
+/// reverted the table: the workers read committed rows, so then the rows are read here, where
+/// the transaction's own writes are visible.
 pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
     // SAFETY: a syscache lookup by name.
     if unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) } == pg_sys::InvalidOid {
@@ -40,10 +43,24 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
             dist: column
                 .filter(|c| *c != id.name)
                 .map(|c| columns::relation(rel).column(&c, "the distribution column")),
-            sharded,
+            pushdown: sharded && crate::guc::CITUS_PUSHDOWN.get() && !fitted_in_this_transaction(rel),
         },
         _ => Placement::Local,
     }
+}
+
+/// Whether this transaction has applied or reverted a fit of `rel`: its row in nudge.fits
+/// carries this transaction's start time (`now()`). (A transaction id alone tells nothing
+/// here: Citus assigns one to plain function calls on the coordinator.)
+fn fitted_in_this_transaction(rel: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM nudge.fits AS f WHERE f.corpus = $1::oid::regclass
+                          AND (f.created_at = pg_catalog.now() AND f.status <> 'dry_run' OR f.reverted_at = pg_catalog.now()))",
+        &[rel.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }
 
 /// Run `call` on every worker holding shards of distributed table `table`, once per worker with

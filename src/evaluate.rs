@@ -71,7 +71,7 @@ fn evaluate(
     let corpus = Corpus::resolve(corpus, id_column, embedding);
     let judged = read_judged(queries, qrels);
     let runs = match crate::citus::placement(corpus.oid, &corpus.id) {
-        Placement::Citus { sharded: true, .. } if crate::guc::CITUS_PUSHDOWN.get() => knn_shards(&corpus, &judged, k, dist, &mut reporter),
+        Placement::Citus { pushdown: true, .. } => knn_shards(&corpus, &judged, k, dist, &mut reporter),
         _ => knn_local(&corpus, &judged, k, dist, &mut reporter),
     };
     score(&runs, &judged, k)

@@ -26,6 +26,8 @@ pub struct FitArgs<'a> {
     pub dry_run: bool,
     pub gamma_search: &'a str,
     pub negative_rule: &'a str,
+    /// Choose gamma by k-fold cross-validation over all labelled queries (no held-out split).
+    pub folds: Option<i32>,
     pub refit_of: Option<i64>,
 }
 
@@ -83,7 +85,24 @@ pub fn parse_config(a: &FitArgs) -> FitConfig {
         (None, "reference") => Selection::Parity,
         (None, _) => invalid(format!("unknown gamma_search \"{}\"", a.gamma_search), "Use 'best' or 'reference'."),
     };
-    if a.validation.is_none() && !(a.validation_fraction > 0.0 && a.validation_fraction < 1.0) {
+    if let Some(k) = a.folds {
+        if a.validation.is_some() {
+            invalid(
+                "folds cannot be combined with validation_queries / validation_qrels".into(),
+                "With folds, every labelled query is used both to choose gamma and to move records; leave the validation tables out.",
+            );
+        }
+        if !matches!(selection, Selection::Best(_)) {
+            invalid(
+                "folds needs gamma_search => 'best' and no fixed gamma".into(),
+                "Folds choose gamma by the mean out-of-fold metric.",
+            );
+        }
+        if k < 2 {
+            invalid(format!("folds must be at least 2, not {k}"), "5 is a good default; fewer labelled queries need fewer folds.");
+        }
+    }
+    if a.validation.is_none() && a.folds.is_none() && !(a.validation_fraction > 0.0 && a.validation_fraction < 1.0) {
         invalid(
             format!("validation_fraction must be between 0 and 1 (exclusive), not {}", a.validation_fraction),
             "It is the share of queries held out to choose gamma.",

@@ -45,6 +45,7 @@ pub fn resolve(a: &FitArgs) -> Corpus {
         col
     });
     let writing = !a.dry_run;
+    let placement = citus::placement(a.corpus, &id);
     if writing {
         let relkind = Spi::get_one_with_args::<String>("SELECT relkind::text FROM pg_class WHERE oid = $1", &[a.corpus.into()])
             .or_raise()
@@ -59,6 +60,5 @@ pub fn resolve(a: &FitArgs) -> Corpus {
         }
         Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", rel.sql)).or_raise();
     }
-    let placement = citus::placement(a.corpus, &id);
     Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, placement }
 }

@@ -58,6 +58,16 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
                 QuerySet { vectors: q_val.into_array(), qrels: val_qrels },
             )
         }
+        None if a.folds.is_some() => {
+            // k-fold: every query trains and validates (the core deals them into folds)
+            let all_index = index_ids(q_all.ids.iter(), &queries_sql);
+            let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
+            let dim = q_all.dim;
+            (
+                QuerySet { vectors: q_all.into_array(), qrels: all_qrels },
+                QuerySet { vectors: Array2::zeros((0, dim)), qrels: Vec::new() },
+            )
+        }
         None => {
             let all_index = index_ids(q_all.ids.iter(), &queries_sql);
             if q_all.len() < 2 {

@@ -5,10 +5,12 @@
 //! every table as it was):
 //!  1. `config`: arguments checked, the core's configuration;
 //!  2. `inputs`: the corpus and its columns resolved; a writing fit locks the table;
-//!  3. `labels`: queries and labels read and split; the moving records and their G;
+//!  3. `labels`: queries and labels read and split (or kept whole for k folds); the moving
+//!     records and their G;
 //!  4. `pass`: one streaming pass over the corpus (static top-k per validation query, the
 //!     moving records' vectors, the addresses of rows to write);
-//!  5. gamma chosen on the moving records alone and the new vectors computed (core);
+//!  5. gamma chosen on the moving records alone (on the held-out queries, or by the mean
+//!     out-of-fold metric of k folds, `folds =>`) and the new vectors computed (core);
 //!  6. `apply`: the rows to write, written (backing up what is overwritten);
 //!  7. `record`: the fit's row in nudge.fits.
 //!
@@ -27,12 +29,12 @@ mod pushdown;
 mod record;
 
 use nudge_core::gamma::{FitPass, Selection};
+use nudge_core::kfold::KFoldPass;
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 
 use crate::citus::Placement;
 use crate::error::{raise, OrRaise, PgSqlErrorCode as Code};
-use crate::guc;
 use crate::exec::{self, Reporter};
 use config::{required, FitArgs};
 
@@ -66,6 +68,7 @@ fn nudge_fit(
     dry_run: default!(Option<bool>, false),
     gamma_search: default!(Option<&str>, "'best'"),
     negative_rule: default!(Option<&str>, "'skip'"),
+    folds: default!(Option<i32>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -97,6 +100,7 @@ fn nudge_fit(
         dry_run: required(dry_run, "dry_run"),
         gamma_search: required(gamma_search, "gamma_search"),
         negative_rule: required(negative_rule, "negative_rule"),
+        folds,
         refit_of: None,
     };
     TableIterator::once(run(&args))
@@ -144,6 +148,7 @@ fn nudge_refit(
         dry_run,
         gamma_search: if fixed { "best" } else { &r.gamma_search },
         negative_rule: &r.negative_rule,
+        folds: r.folds,
         refit_of: Some(fit_id),
     };
     TableIterator::once(run(&args))
@@ -166,6 +171,7 @@ struct Recorded {
     gamma: f64,
     target: Option<String>,
     negative_rule: String,
+    folds: Option<i32>,
 }
 
 impl Recorded {
@@ -174,7 +180,7 @@ impl Recorded {
             let t = c.select(
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
-                        gamma_search, gamma, target, negative_rule
+                        gamma_search, gamma, target, negative_rule, folds
                    FROM nudge.fits WHERE fit_id = $1",
                 Some(1),
                 &[fit_id.into()],
@@ -200,9 +206,18 @@ impl Recorded {
                 gamma: t.get(13)?.unwrap(),
                 target: t.get(14)?,
                 negative_rule: t.get(15)?.unwrap(),
+                folds: t.get(16)?,
             }))
         })
         .or_raise()
+    }
+}
+
+/// The corpus pass: on the workers of a Citus distributed table, else read here.
+fn corpus_pass<P: pass::CorpusPass>(corpus: &inputs::Corpus, labels: &labels::Labels, pass: P, originals: &originals::Originals, reporter: &mut Reporter) -> (P, pass::Addresses) {
+    match corpus.placement {
+        Placement::Citus { pushdown: true, .. } => pushdown::pass(corpus, labels, pass, originals, reporter),
+        _ => pass::local(corpus, labels, pass, originals, reporter),
     }
 }
 
@@ -213,18 +228,27 @@ fn run(a: &FitArgs) -> FitRow {
     let corpus = inputs::resolve(a);
 
     reporter.report("reading queries", 0, None);
-    let labels = labels::read_and_split(a, !matches!(config.selection, Selection::Fixed(_)));
-    let moving = labels::moving_set(&labels);
-    let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+    let held_out = a.folds.is_none() && !matches!(config.selection, Selection::Fixed(_));
+    let labels = labels::read_and_split(a, held_out);
     let originals = originals::read(a.corpus, &corpus.emb);
 
-    let (pass, addresses) = match corpus.placement {
-        Placement::Citus { sharded: true, .. } if guc::CITUS_PUSHDOWN.get() => {
-            pushdown::pass(&corpus, &labels, pass, &originals, &mut reporter)
+    // the corpus pass and the choice of gamma: on a held-out split, or by k folds
+    let (outcome, addresses, n_validation) = match a.folds {
+        None => {
+            let moving = labels::moving_set(&labels);
+            let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (outcome, addresses, labels.validation.vectors.nrows())
         }
-        _ => pass::local(&corpus, &labels, pass, &originals, &mut reporter),
+        Some(k) => {
+            let (train, n) = (&labels.train, labels.n_labelled());
+            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k as usize, a.seed as u32, config).or_raise();
+            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (folded.fit, addresses, folded.fold_evaluated.iter().sum())
+        }
     };
-    let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 
     let fit_id = record::next_fit_id();
@@ -238,6 +262,7 @@ fn run(a: &FitArgs) -> FitRow {
             labels: &labels,
             outcome: &outcome,
             embedding_type: &corpus.emb.type_sql,
+            n_validation,
             records_changed,
             rows_written,
             seconds,

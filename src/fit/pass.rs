@@ -6,6 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use nudge_core::gamma::FitPass;
+use nudge_core::kfold::KFoldPass;
+use nudge_core::partial::{Partial, ShardSpec};
 use pgrx::prelude::*;
 
 use super::inputs::Corpus;
@@ -16,6 +18,45 @@ use crate::exec::{self, Reporter};
 use crate::citus::Placement;
 use crate::read::{self, push_embedding, Row};
 use crate::write::{At, RowAddr};
+
+/// A corpus pass the scan feeds: one validation split (`FitPass`) or k folds (`KFoldPass`).
+pub trait CorpusPass: Send + 'static {
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()>;
+    /// The records the fit may write, sorted.
+    fn moving_keys(&self) -> &[u64];
+    fn shard_spec(&self) -> ShardSpec;
+    fn push_partial(&mut self, p: Partial) -> nudge_core::Result<()>;
+}
+
+impl CorpusPass for FitPass {
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()> {
+        self.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    }
+    fn moving_keys(&self) -> &[u64] {
+        FitPass::moving_keys(self)
+    }
+    fn shard_spec(&self) -> ShardSpec {
+        FitPass::shard_spec(self)
+    }
+    fn push_partial(&mut self, p: Partial) -> nudge_core::Result<()> {
+        FitPass::push_partial(self, p)
+    }
+}
+
+impl CorpusPass for KFoldPass {
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()> {
+        self.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    }
+    fn moving_keys(&self) -> &[u64] {
+        self.labelled_keys()
+    }
+    fn shard_spec(&self) -> ShardSpec {
+        KFoldPass::shard_spec(self)
+    }
+    fn push_partial(&mut self, p: Partial) -> nudge_core::Result<()> {
+        KFoldPass::push_partial(self, p)
+    }
+}
 
 /// Rows the fit may write, found by the pass (empty unless writing).
 pub struct Addresses {
@@ -28,16 +69,14 @@ pub struct Addresses {
 
 /// The local pass: the backend's thread reads and decodes rows (only it may call Postgres)
 /// while a pool worker pushes the previous batch through the maths (exec::Pusher).
-pub fn local(corpus: &Corpus, labels: &Labels, pass: FitPass, originals: &Originals, reporter: &mut Reporter) -> (FitPass, Addresses) {
+pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals: &Originals, reporter: &mut Reporter) -> (P, Addresses) {
     let moving_keys: HashSet<u64> = pass.moving_keys().iter().copied().collect();
     let total = read::estimated_rows(corpus.oid);
     let mut rows = RowKeys::new(labels, corpus);
     let (mut moving, mut previously_moved) = (HashMap::new(), Vec::new());
     let mut dim = labels.dim;
     let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, &address_columns(corpus));
-    let pusher = exec::Pusher::start(pass, dim, |p: &mut FitPass, keys, vectors| {
-        p.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
-    });
+    let pusher = exec::Pusher::start(pass, dim, |p: &mut P, keys, vectors| p.push(keys, vectors));
     let (mut batch_keys, mut buf) = pusher.empty_buffers();
     read::for_each_row(&scan, |row| {
         let (rid, key) = rows.key(row);

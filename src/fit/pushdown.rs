@@ -10,21 +10,20 @@
 
 use std::collections::HashMap;
 
-use nudge_core::gamma::FitPass;
 use pgrx::prelude::*;
 use pgrx::spi::quote_literal;
 
 use super::inputs::Corpus;
 use super::labels::Labels;
 use super::originals::Originals;
-use super::pass::Addresses;
+use super::pass::{Addresses, CorpusPass};
 use crate::citus::{self, Placement};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::Reporter;
 use crate::shard::{self, Request};
 use crate::write::{At, RowAddr};
 
-pub fn pass(corpus: &Corpus, labels: &Labels, mut pass: FitPass, originals: &Originals, reporter: &mut Reporter) -> (FitPass, Addresses) {
+pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, originals: &Originals, reporter: &mut Reporter) -> (P, Addresses) {
     let request = Request {
         spec: pass.shard_spec(),
         labelled: labels.keys.clone(),

@@ -19,6 +19,8 @@ pub struct Done<'a> {
     pub labels: &'a Labels,
     pub outcome: &'a FitOutcome,
     pub embedding_type: &'a str,
+    /// Validation queries evaluated (all folds' together for k folds).
+    pub n_validation: usize,
     pub records_changed: i64,
     pub rows_written: i64,
     pub seconds: f64,
@@ -31,10 +33,10 @@ pub fn insert(a: &FitArgs, d: &Done) {
         "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
-             rows_written, validation_before, validation_after, curve, seconds, status, refit_of)
+             rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds)
          VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
              $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-             $24::jsonb, $27, $25, $28)",
+             $24::jsonb, $27, $25, $28, $29)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -45,7 +47,7 @@ pub fn insert(a: &FitArgs, d: &Done) {
             a.qrels.into(),
             a.validation.map(|v| v.0).into(),
             a.validation.map(|v| v.1).into(),
-            a.validation.is_none().then_some(a.validation_fraction).into(),
+            (a.validation.is_none() && a.folds.is_none()).then_some(a.validation_fraction).into(),
             a.validation.is_none().then_some(a.seed).into(),
             method_name(d.config.method).into(),
             Some(metric_name).into(),
@@ -53,7 +55,7 @@ pub fn insert(a: &FitArgs, d: &Done) {
             a.negative_rule.to_ascii_lowercase().into(),
             d.outcome.gamma.into(),
             (d.labels.train.vectors.nrows() as i32).into(),
-            (d.labels.validation.vectors.nrows() as i32).into(),
+            (d.n_validation as i32).into(),
             (d.outcome.keys.len() as i64).into(),
             d.records_changed.into(),
             d.rows_written.into(),
@@ -64,6 +66,7 @@ pub fn insert(a: &FitArgs, d: &Done) {
             d.fit_id.into(),
             d.seconds.into(),
             a.refit_of.into(),
+            a.folds.into(),
         ],
     )
     .or_raise();

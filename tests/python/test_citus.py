@@ -358,3 +358,15 @@ def test_worker_stopped_during_the_write(cluster):
     assert "error" in outcome, outcome
     assert table_md5(conn, "docs_by_id") == before
     assert conn.execute("SELECT count(*) FROM nudge.fits").fetchone()[0] == fits
+
+
+def test_a_transaction_sees_its_own_fit(cluster):
+    """After a fit in the same transaction, nudge_evaluate (and a second fit) read the rows on
+    the coordinator, where the transaction's writes are visible, not on the workers."""
+    q = "SELECT ndcg FROM nudge_evaluate(%s::regclass, 'embedding', 'q_test', 'r_test')"
+    before = cluster.execute(q, ("docs_by_id",)).fetchone()[0]
+    with cluster.transaction(force_rollback=True):
+        fit(cluster, "docs_local", gamma=0.2)
+        fit(cluster, "docs_by_id", gamma=0.2)
+        local, citus = (cluster.execute(q, (t,)).fetchone()[0] for t in ("docs_local", "docs_by_id"))
+        assert citus == pytest.approx(local, abs=1e-12) and citus > before + 0.05

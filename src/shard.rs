@@ -170,31 +170,22 @@ impl TopKRequest {
         Ok((topk, labelled))
     }
 
-    /// A shard's top-k lists, or the error it raised.
+    /// A worker's top-k lists, or the error it raised.
     pub fn parse_reply(b: &[u8]) -> Result<Result<Vec<Vec<(u64, f32)>>, (PgSqlErrorCode, String)>, String> {
-        let mut r = R(b);
-        if r.take(5)? != b"NDGR\x01" {
-            return Err("not a reply of this version of nudge".into());
-        }
-        match r.take(1)? {
-            b"E" => {
-                let code = PgSqlErrorCode::from(r.u64()? as u32 as i32);
-                Ok(Err((code, r.text()?)))
+        let mut r = match reply_body(b)? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut runs = Vec::new();
+        for _ in 0..r.len(8)? {
+            let mut run = Vec::new();
+            for _ in 0..r.len(12)? {
+                let key = r.u64()?;
+                run.push((key, f32::from_le_bytes(r.take(4)?.try_into().unwrap())));
             }
-            b"O" => {
-                let mut runs = Vec::new();
-                for _ in 0..r.len(8)? {
-                    let mut run = Vec::new();
-                    for _ in 0..r.len(12)? {
-                        let key = r.u64()?;
-                        run.push((key, f32::from_le_bytes(r.take(4)?.try_into().unwrap())));
-                    }
-                    runs.push(run);
-                }
-                Ok(Ok(runs))
-            }
-            _ => Err("malformed reply".into()),
+            runs.push(run);
         }
+        Ok(Ok(runs))
     }
 }
 
@@ -416,8 +407,26 @@ fn err_bytes(code: PgSqlErrorCode, message: &str) -> Vec<u8> {
     w.0
 }
 
-/// A shard's answer: its reply, or the error it raised (SQLSTATE, message).
+/// A worker's answer: its reply, or the error it raised (SQLSTATE, message).
 pub fn parse_reply(b: &[u8]) -> Result<Result<Reply, (PgSqlErrorCode, String)>, String> {
+    let mut r = match reply_body(b)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let partial = Partial::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
+    let labelled_seen = (0..r.len(8)?).map(|_| r.u64()).collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for _ in 0..r.len(24)? {
+        let key = r.u64()?;
+        let id = r.text()?;
+        let dist = if r.u64()? == 1 { Some(r.text()?) } else { None };
+        rows.push((key, id, dist, r.u64()? != 0));
+    }
+    Ok(Ok(Reply { partial, labelled_seen, rows }))
+}
+
+/// The body of a worker's reply ("O"), or the error it carried instead ("E").
+fn reply_body(b: &[u8]) -> Result<Result<R<'_>, (PgSqlErrorCode, String)>, String> {
     let mut r = R(b);
     if r.take(5)? != b"NDGR\x01" {
         return Err("not a reply of this version of nudge".into());
@@ -427,18 +436,7 @@ pub fn parse_reply(b: &[u8]) -> Result<Result<Reply, (PgSqlErrorCode, String)>, 
             let code = PgSqlErrorCode::from(r.u64()? as u32 as i32);
             Ok(Err((code, r.text()?)))
         }
-        b"O" => {
-            let partial = Partial::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
-            let labelled_seen = (0..r.len(8)?).map(|_| r.u64()).collect::<Result<_, _>>()?;
-            let mut rows = Vec::new();
-            for _ in 0..r.len(24)? {
-                let key = r.u64()?;
-                let id = r.text()?;
-                let dist = if r.u64()? == 1 { Some(r.text()?) } else { None };
-                rows.push((key, id, dist, r.u64()? != 0));
-            }
-            Ok(Ok(Reply { partial, labelled_seen, rows }))
-        }
+        b"O" => Ok(Ok(r)),
         _ => Err("malformed reply".into()),
     }
 }

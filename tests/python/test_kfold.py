@@ -62,3 +62,40 @@ def test_bad_folds(tv, kw, message):
         fit(conn, "kfold", **kw)
     assert e.value.sqlstate == "22023" and message in str(e.value), e.value
     assert conn.execute("SELECT count(*) FROM nudge.fits").fetchone()[0] == fits
+
+
+def test_kfold_equals_numpy(tv, ref):
+    """An independent numpy K-fold (tests/reference/nudge_ref.py; folds as docs/reference.md
+    states them) on every 0.02 of [0, 2] (a subset of nudge's grid): nudge's out-of-fold mean at
+    its gamma equals numpy's there, no numpy grid point beats it, and the written vectors are
+    numpy's NUDGE-N with G from all 886 queries at that gamma."""
+    import numpy as np
+    import nudge_ref as R
+    from pg_util import read_vectors
+    conn, ds = tv, ref.ds
+    fit_id, gamma, _, _, after = fit(conn, "kfold", folds=5)
+    labelled = sorted(ref.train + ref.val)            # the queries ordered by id
+    np.random.seed(0)
+    p = np.random.permutation(len(labelled))
+    folds = [[labelled[i] for i in p[f::5]] for f in range(5)]
+
+    def mean_at(gammas):
+        out = np.zeros(len(gammas))
+        for f in range(5):
+            train = [q for g in range(5) if g != f for q in folds[g]]
+            G = R.gradients(ds.doc_row, len(ds.doc_ids), ds.query_matrix(train), train, ds.qrels)
+            parts = R.nudge_n_parts(ds.docs, G)
+            for i, g in enumerate(gammas):
+                D, _ = R.nudge_n(ds.docs, G, g, parts=parts)
+                out[i] += R.evaluate_embeddings(D, ds.doc_ids, ds.query_matrix(folds[f]), folds[f],
+                                                ds.qrels_for(folds[f]))["ndcg"] / 5
+        return out
+
+    grid = np.round(np.arange(0, 2.0001, 0.02), 4)
+    numpy_curve, at_gamma = mean_at(grid), mean_at([gamma])[0]
+    assert at_gamma == pytest.approx(after, abs=1e-9)
+    assert numpy_curve.max() <= after + 1e-9, (grid[np.argmax(numpy_curve)], numpy_curve.max(), gamma, after)
+    G_all = R.gradients(ds.doc_row, len(ds.doc_ids), ds.query_matrix(labelled), labelled, ds.qrels)
+    expected, _ = R.nudge_n(ds.docs, G_all, gamma)
+    got = read_vectors(conn, "kfold", ds.doc_ids)
+    assert np.max(np.abs(got - expected)) <= 1e-5

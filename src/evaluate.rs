@@ -174,13 +174,13 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
     pusher.finish().finish()
 }
 
-/// The k-NN pass on the shards of a Citus distributed table: each shard's top-k per query
+/// The k-NN pass on the workers of a Citus distributed table: each worker's top-k per query
 /// (src/shard.rs), merged here with the same order (score descending, ties by key descending).
 fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys);
     let call = format!("public.nudge_shard_topk({{shards}}, {}, {}, {{request}})", quote_literal(&corpus.id.name), quote_literal(&corpus.emb.name));
     let mut runs: Vec<Vec<(u64, f32)>> = vec![Vec::new(); judged.vectors.nrows()];
-    let mut shards = 0u64;
+    let mut workers = 0u64;
     crate::citus::on_shards(corpus.oid, &corpus.sql, &call, &request, |node, bytes| {
         let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(node, &corpus.sql, &m));
         let lists = reply.unwrap_or_else(|(code, message)| raise(code, message));
@@ -192,8 +192,8 @@ fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, report
             run.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
             run.truncate(k);
         }
-        shards += 1;
-        reporter.report("k-nn search on the shards", shards, None);
+        workers += 1;
+        reporter.report("k-nn search on the workers", workers, None);
     });
     runs
 }

@@ -1,10 +1,10 @@
-//! Phase 4, distributed form: the corpus pass run on the shards of a Citus distributed table
+//! Phase 4, distributed form: the corpus pass run on the workers of a Citus distributed table
 //! (`nudge_shard_pass` on every worker over its shards, see `citus::on_shards`), the partial
 //! results merged into the coordinator's pass. Same checks and same result as the local pass;
-//! what reaches the coordinator is per shard the static top-k of each validation query and
-//! the shard's moving records (see src/shard.rs).
+//! what reaches the coordinator is per worker the static top-k of each validation query and
+//! the worker's moving records (see src/shard.rs).
 //!
-//! Citus runs the shard commands on connections of their own, outside the fit's transaction:
+//! Citus runs the worker commands on connections of their own, outside the fit's transaction:
 //! they read committed rows. The fit holds its lock on the table from before the pass (Citus
 //! takes it on every node), so no write through the coordinator can come in between.
 
@@ -43,14 +43,15 @@ pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, origin
     let id_of: HashMap<u64, &str> = labels.keys.iter().map(|(d, k)| (*k, d.as_str())).collect();
     let mut seen = vec![false; labels.keys.len()];
     let mut addresses = Addresses { moving: HashMap::new(), previously_moved: Vec::new() };
-    let (mut shards, mut reply_bytes) = (0u64, 0u64);
+    let (mut workers, mut reply_bytes) = (0u64, 0u64);
     reporter.report("scanning corpus on the workers", 0, None);
     citus::on_shards(corpus.oid, &corpus.sql, &call, &request.to_bytes(), |node, bytes| {
         reply_bytes += bytes.len() as u64;
         let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(node, &corpus.sql, &m));
         let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
         for k in reply.labelled_seen {
-            if std::mem::replace(&mut seen[k as usize], true) {
+            let Some(s) = seen.get_mut(k as usize) else { citus::malformed(node, &corpus.sql, "unknown labelled key") };
+            if std::mem::replace(s, true) {
                 duplicate(corpus, id_of.get(&k).copied().unwrap_or_default());
             }
         }
@@ -64,10 +65,10 @@ pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, origin
             }
         }
         pass.push_partial(reply.partial).or_raise();
-        shards += 1;
-        reporter.report("scanning corpus on the workers", shards, None);
+        workers += 1;
+        reporter.report("scanning corpus on the workers", workers, None);
     });
-    debug1!("nudge_fit: {shards} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
+    debug1!("nudge_fit: {workers} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
     if let Some(k) = seen.iter().position(|s| !s) {
         raise_with(
             Code::ERRCODE_FOREIGN_KEY_VIOLATION,

@@ -172,6 +172,42 @@ pub fn write_in_place(
     rows: &[RowWrite],
     reporter: &mut Reporter,
 ) -> i64 {
+    let sql = in_place_sql(placement, id, col, kind);
+    if rows.is_empty() {
+        return 0;
+    }
+    let dim = rows[0].vector.len();
+    let total = rows.len() as u64;
+    Spi::connect_mut(|client| {
+        let mut written = 0i64;
+        let mut stmt = None;
+        for chunk in rows.chunks(write_batch(placement)) {
+            let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
+            let [at1, at2] = address_args(chunk);
+            let args: Vec<DatumWithOid> = vec![
+                real_array(&vectors),
+                at1,
+                at2,
+                fit_id.into(),
+                unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
+                (dim as i32).into(),
+            ];
+            if stmt.is_none() {
+                let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
+                stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
+            }
+            client.update(stmt.as_ref().unwrap(), None, &args).or_raise();
+            written += chunk.len() as i64;
+            crate::exec::check_interrupts().ok();
+            reporter.report("writing rows", written as u64, Some(total));
+        }
+        written
+    })
+}
+
+/// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
+/// `real[]`), `$2`/`$3` the addresses, `$4` the fit, `$5` the table, `$6` the dimension.
+fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind) -> String {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
     // TID scan (or, on Citus, the key) finds each row. (Measured against one statement per row:
@@ -214,36 +250,7 @@ pub fn write_in_place(
         rel = col.rel_sql,
         original = backup_expr("t", col, kind).0,
     );
-    if rows.is_empty() {
-        return 0;
-    }
-    let dim = rows[0].vector.len();
-    let total = rows.len() as u64;
-    Spi::connect_mut(|client| {
-        let mut written = 0i64;
-        let mut stmt = None;
-        for chunk in rows.chunks(write_batch(placement)) {
-            let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
-            let [at1, at2] = address_args(chunk);
-            let args: Vec<DatumWithOid> = vec![
-                real_array(&vectors),
-                at1,
-                at2,
-                fit_id.into(),
-                unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
-                (dim as i32).into(),
-            ];
-            if stmt.is_none() {
-                let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
-                stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
-            }
-            client.update(stmt.as_ref().unwrap(), None, &args).or_raise();
-            written += chunk.len() as i64;
-            crate::exec::check_interrupts().ok();
-            reporter.report("writing rows", written as u64, Some(total));
-        }
-        written
-    })
+    sql
 }
 
 /// Rows written per statement by [`write_in_place`] (also the progress and interrupt

@@ -68,35 +68,7 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
                 QuerySet { vectors: Array2::zeros((0, dim)), qrels: Vec::new() },
             )
         }
-        None => {
-            let all_index = index_ids(q_all.ids.iter(), &queries_sql);
-            if q_all.len() < 2 {
-                raise(
-                    Code::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("{queries_sql} has {} queries; a seeded split needs at least 2", q_all.len()),
-                );
-            }
-            let (tr, va) = nudge_core::split::split(q_all.len(), a.validation_fraction, a.seed as u32).or_raise();
-            // position of each original row within its part
-            let mut part = vec![(false, 0u32); q_all.len()];
-            for (i, &r) in tr.iter().enumerate() {
-                part[r] = (true, i as u32);
-            }
-            for (i, &r) in va.iter().enumerate() {
-                part[r] = (false, i as u32);
-            }
-            let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
-            let (mut tq, mut vq) = (Vec::new(), Vec::new());
-            for q in all_qrels {
-                let (is_train, pos) = part[q.query as usize];
-                let q = Qrel { query: pos, ..q };
-                if is_train { tq.push(q) } else { vq.push(q) }
-            }
-            (
-                QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
-                QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
-            )
-        }
+        None => seeded_split(a, q_all, &labels, &mut keys, &queries_sql, &qrels_sql),
     };
     let validation = only_judged(validation);
     if validation.vectors.nrows() == 0 && validation_required {
@@ -116,6 +88,45 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
         );
     }
     Labels { train, validation, keys, dim }
+}
+
+/// The seeded split of one queries table: `validation_fraction` of the queries (numpy's
+/// permutation with `seed`) validate, the rest train.
+fn seeded_split(
+    a: &FitArgs,
+    q_all: Vectors,
+    labels: &[read::Label],
+    keys: &mut HashMap<String, u64>,
+    queries_sql: &str,
+    qrels_sql: &str,
+) -> (QuerySet, QuerySet) {
+    let all_index = index_ids(q_all.ids.iter(), queries_sql);
+    if q_all.len() < 2 {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{queries_sql} has {} queries; a seeded split needs at least 2", q_all.len()),
+        );
+    }
+    let (tr, va) = nudge_core::split::split(q_all.len(), a.validation_fraction, a.seed as u32).or_raise();
+    // position of each original row within its part
+    let mut part = vec![(false, 0u32); q_all.len()];
+    for (i, &r) in tr.iter().enumerate() {
+        part[r] = (true, i as u32);
+    }
+    for (i, &r) in va.iter().enumerate() {
+        part[r] = (false, i as u32);
+    }
+    let all_qrels = read::qrels_for(labels, &all_index, keys, qrels_sql, queries_sql);
+    let (mut tq, mut vq) = (Vec::new(), Vec::new());
+    for q in all_qrels {
+        let (is_train, pos) = part[q.query as usize];
+        let q = Qrel { query: pos, ..q };
+        if is_train { tq.push(q) } else { vq.push(q) }
+    }
+    (
+        QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
+        QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
+    )
 }
 
 /// The records the training labels move, with G (the sum of their relevant training queries).

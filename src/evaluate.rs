@@ -19,6 +19,7 @@ use pgrx::PgRelation;
 use crate::citus::Placement;
 use crate::columns::{self, Column, VecKind};
 use crate::shard::TopKRequest;
+use crate::ties::TieKeys;
 use pgrx::spi::quote_literal;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
@@ -111,11 +112,12 @@ impl Corpus {
 }
 
 /// Queries with at least one relevant label, their relevant (key, grade) lists, and the key
-/// of every labelled doc id (other rows get keys from `keys.len()` on).
+/// of every judged doc id (tie keys: src/ties.rs).
 struct Judged {
     vectors: Array2<f32>,
     relevant: Vec<Vec<(u64, f64)>>,
     keys: HashMap<String, u64>,
+    ties: TieKeys,
 }
 
 fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
@@ -132,10 +134,11 @@ fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
     }
     let mut keys: HashMap<String, u64> = HashMap::new();
     let qrels = read::qrels_for(&labels, &index, &mut keys, &qrels_sql, &queries_sql);
+    let (ties, tie_key) = TieKeys::renumber(&mut keys);
     // relevant (key, grade) lists per query
     let mut relevant: Vec<Vec<(u64, f64)>> = vec![Vec::new(); q.len()];
     for r in &qrels {
-        relevant[r.query as usize].push((r.record, r.grade));
+        relevant[r.query as usize].push((tie_key[r.record as usize], r.grade));
     }
     let judged: Vec<usize> = (0..q.len()).filter(|&i| relevant[i].iter().any(|(_, g)| *g > 0.0)).collect();
     if judged.is_empty() {
@@ -143,7 +146,7 @@ fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
     }
     let vectors = q.into_array().select(ndarray::Axis(0), &judged);
     let relevant = judged.iter().map(|&i| std::mem::take(&mut relevant[i])).collect();
-    Judged { vectors, relevant, keys }
+    Judged { vectors, relevant, keys, ties }
 }
 
 /// The local k-NN pass: rows read and decoded here, the maths one batch behind on a worker
@@ -151,8 +154,6 @@ fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
 fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     let topk = TopK::new(judged.vectors.clone(), k, dist).or_raise();
     let mut dim = judged.vectors.ncols();
-    let n_labelled = judged.keys.len() as u64;
-    let key_of: HashMap<&str, u64> = judged.keys.iter().map(|(d, k)| (d.as_str(), *k)).collect();
     let total = read::estimated_rows(corpus.oid);
     let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, "");
     let mut ordinal = 0u64;
@@ -162,7 +163,7 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
     let (mut batch_keys, mut buf) = pusher.empty_buffers();
     read::for_each_row(&scan, |r| {
         let rid = r.text(1).unwrap_or_default();
-        batch_keys.push(key_of.get(rid.as_str()).copied().unwrap_or(n_labelled + ordinal));
+        batch_keys.push(judged.ties.key(&rid, ordinal));
         ordinal += 1;
         push_embedding(r.datum(2), corpus.kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {}", corpus.sql));
         if pusher.push_if_full(&mut batch_keys, &mut buf) {
@@ -198,11 +199,14 @@ fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, report
     runs
 }
 
-/// Mean metrics over the judged queries.
+/// Mean metrics over the judged queries. Runs are best first, ties already in trec_eval's
+/// order (by tie key); a judged id that several rows share counts at its best position only.
 fn score(runs: &[Vec<(u64, f32)>], judged: &Judged, k: usize) -> EvalRow {
     let (mut ndcg, mut recall, mut capped, mut mrr) = (0.0, 0.0, 0.0, 0.0);
     for (run, relevant) in runs.iter().zip(&judged.relevant) {
-        let m = nudge_core::metrics::evaluate(run, relevant, k);
+        let mut seen = std::collections::HashSet::new();
+        let ranked = run.iter().map(|p| p.0).filter(|&key| !TieKeys::is_judged(key) || seen.insert(key));
+        let m = nudge_core::metrics::evaluate_in_order(ranked, relevant, k);
         ndcg += m.ndcg;
         recall += m.recall;
         capped += m.capped_recall;

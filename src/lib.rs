@@ -19,6 +19,7 @@ mod fit;
 mod guc;
 mod read;
 mod shard;
+mod ties;
 mod write;
 
 ::pgrx::pg_module_magic!();

@@ -91,24 +91,24 @@ fn catching(f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
 }
 
 /// nudge_evaluate's k-NN over some shards of one worker: per query the top-k (key, score), best
-/// first, keys of labelled ids from the request, other rows numbered as in [`nudge_shard_pass`].
+/// first, every row keyed by its id as src/ties.rs says (judged ids from the request).
 #[pg_extern(volatile, parallel_unsafe)]
 fn nudge_shard_topk(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, request: &[u8]) -> Vec<u8> {
     catching(|| {
         let (mut topk, labelled) = TopKRequest::from_bytes(request)
             .unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_topk: {m}")));
-        let (n_labelled, dim) = (labelled.len() as u64, topk.dim());
+        let ties = crate::ties::TieKeys::new(labelled.keys());
+        let dim = topk.dim();
         let mut batch = Batcher::new(dim);
         let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, h: &mut nudge_core::Hooks| t.push_batch(keys, v, h);
         for &shard in &shards {
             let rel = columns::relation(shard);
             let id = rel.column(id_column, "the id column");
             let (emb, kind) = rel.vector_column(embedding, "an embedding column");
-            let first_key = n_labelled + (shard_id(&rel.sql) << 32);
             let mut ordinal = 0u64;
             read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, ""), |row| {
                 let rid = row.text(1).unwrap_or_default();
-                batch.keys.push(labelled.get(rid.as_str()).copied().unwrap_or(first_key + ordinal));
+                batch.keys.push(ties.key(&rid, ordinal));
                 ordinal += 1;
                 push_embedding(row.datum(2), kind, &mut dim.clone(), &mut batch.vectors, &|| format!("embedding of row {rid:?} in {}", rel.sql));
                 batch.flush_if_full(&mut topk, &mut push);

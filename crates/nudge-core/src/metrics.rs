@@ -265,6 +265,16 @@ pub fn evaluate(ranked: &[(u64, f32)], relevant: &[(u64, f64)], k: usize) -> Que
     j.metrics_ranked(sort_ranking(ranked), k)
 }
 
+/// As [`evaluate`] for a ranking already in order, best first (nothing sorted, nothing
+/// dropped: the caller has applied its own tie and duplicate rules).
+pub fn evaluate_in_order(ranked: impl IntoIterator<Item = u64>, relevant: &[(u64, f64)], k: usize) -> QueryMetrics {
+    let j = Judged::new(relevant);
+    if j.n_rel == 0 || k == 0 {
+        return QueryMetrics::default();
+    }
+    j.metrics_ranked(ranked, k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,8 @@ CREATE TABLE nudge.fits (
     created_by          name        NOT NULL DEFAULT current_user,
     reverted_at         timestamptz,
     refit_of            bigint,
-    folds               int
+    folds               int,
+    update_from         text        CHECK (update_from IN ('train', 'all'))
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 

@@ -18,7 +18,8 @@ pub struct FitArgs<'a> {
     pub id_column: &'a str,
     pub method: &'a str,
     pub validation: Option<(pg_sys::Oid, pg_sys::Oid)>,
-    pub validation_fraction: f64,
+    /// NULL: k folds (or 10% held out where folds do not apply).
+    pub validation_fraction: Option<f64>,
     pub seed: i32,
     pub metric: &'a str,
     pub gamma: Option<f64>,
@@ -28,7 +29,67 @@ pub struct FitArgs<'a> {
     pub negative_rule: &'a str,
     /// Choose gamma by k-fold cross-validation over all labelled queries (no held-out split).
     pub folds: Option<i32>,
+    /// The queries whose labels make the final update: `train` (the held-out queries only
+    /// choose gamma) or `all`; NULL: `all` with folds, else `train`.
+    pub update_from: Option<&'a str>,
     pub refit_of: Option<i64>,
+}
+
+/// Folds when neither validation tables, a validation fraction nor a fold count is given
+/// (capped at the number of labelled queries): the best of 3, 5 and 10 folds, a held-out 10%
+/// and a held-out 10% with the update from all labels on SciFact and 12 synthetic sets
+/// (BENCHMARKS.md, "Choosing gamma").
+pub const DEFAULT_FOLDS: usize = 10;
+/// [`DEFAULT_FOLDS`], or as many as there are labelled queries (at least 2).
+pub fn default_folds(labelled_queries: usize) -> usize {
+    if labelled_queries < 2 {
+        invalid(
+            format!("choosing gamma needs at least 2 labelled queries, there are {labelled_queries}"),
+            "Label more queries, or give a fixed gamma.",
+        );
+    }
+    DEFAULT_FOLDS.min(labelled_queries)
+}
+
+/// The held-out share where folds do not apply (a fixed gamma, gamma_search => 'reference').
+pub const DEFAULT_FRACTION: f64 = 0.1;
+
+/// How the labelled queries are split to choose gamma.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Split {
+    /// validation_queries / validation_qrels.
+    Tables,
+    /// A seeded share of the queries held out.
+    Fraction(f64),
+    /// K folds (None: [`DEFAULT_FOLDS`], capped at the labelled queries).
+    Folds(Option<usize>),
+}
+
+/// The split the arguments ask for (checked by [`parse_config`]).
+pub fn split(a: &FitArgs, config: &FitConfig) -> Split {
+    match (a.validation, a.validation_fraction, a.folds) {
+        (Some(_), _, _) => Split::Tables,
+        (None, Some(f), _) => Split::Fraction(f),
+        (None, None, Some(k)) => Split::Folds(Some(k as usize)),
+        (None, None, None) if matches!(config.selection, Selection::Best(_)) => Split::Folds(None),
+        (None, None, None) => Split::Fraction(DEFAULT_FRACTION),
+    }
+}
+
+/// Where the final update's G comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum UpdateFrom {
+    Train,
+    All,
+}
+
+impl UpdateFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateFrom::Train => "train",
+            UpdateFrom::All => "all",
+        }
+    }
 }
 
 /// A required argument of nudge_fit: NULL is an error.
@@ -54,6 +115,31 @@ pub fn validation_pair(queries: Option<pg_sys::Oid>, qrels: Option<pg_sys::Oid>)
 
 pub fn invalid(msg: String, hint: &str) -> ! {
     raise_with(Code::ERRCODE_INVALID_PARAMETER_VALUE, msg, None, Some(hint.to_string()))
+}
+
+/// `update_from`, checked against the rest of the arguments.
+pub fn parse_update_from(a: &FitArgs, config: &FitConfig) -> UpdateFrom {
+    let folds = matches!(split(a, config), Split::Folds(_));
+    let u = match a.update_from.map(|u| u.to_ascii_lowercase()).as_deref() {
+        None if folds => UpdateFrom::All,
+        None => UpdateFrom::Train,
+        Some("train") => UpdateFrom::Train,
+        Some("all") => UpdateFrom::All,
+        Some(other) => invalid(format!("unknown update_from \"{other}\""), "Use 'train' or 'all'."),
+    };
+    if folds && u == UpdateFrom::Train {
+        invalid(
+            "folds need update_from => 'all'".into(),
+            "With folds every labelled query trains the final update; leave update_from out.",
+        );
+    }
+    if u == UpdateFrom::All && !matches!(config.selection, Selection::Best(_)) {
+        invalid(
+            "update_from => 'all' needs gamma_search => 'best' and no fixed gamma".into(),
+            "It refits on the labels that chose gamma; a fixed gamma chooses nothing.",
+        );
+    }
+    u
 }
 
 pub fn parse_config(a: &FitArgs) -> FitConfig {
@@ -99,14 +185,28 @@ pub fn parse_config(a: &FitArgs) -> FitConfig {
             );
         }
         if k < 2 {
-            invalid(format!("folds must be at least 2, not {k}"), "5 is a good default; fewer labelled queries need fewer folds.");
+            invalid(format!("folds must be at least 2, not {k}"), "Leave folds out for 10 (fewer if there are fewer labelled queries).");
+        }
+        if a.validation_fraction.is_some() {
+            invalid(
+                "folds cannot be combined with validation_fraction".into(),
+                "Give folds to choose gamma by cross-validation, or validation_fraction to hold out a share of the queries.",
+            );
         }
     }
-    if a.validation.is_none() && a.folds.is_none() && !(a.validation_fraction > 0.0 && a.validation_fraction < 1.0) {
-        invalid(
-            format!("validation_fraction must be between 0 and 1 (exclusive), not {}", a.validation_fraction),
-            "It is the share of queries held out to choose gamma.",
-        );
+    if let Some(f) = a.validation_fraction {
+        if a.validation.is_some() {
+            invalid(
+                "validation_fraction cannot be combined with validation_queries / validation_qrels".into(),
+                "The validation tables already say which queries choose gamma; leave validation_fraction out.",
+            );
+        }
+        if !(f > 0.0 && f < 1.0) {
+            invalid(
+                format!("validation_fraction must be between 0 and 1 (exclusive), not {f}"),
+                "It is the share of queries held out to choose gamma.",
+            );
+        }
     }
     if a.seed < 0 {
         invalid(format!("seed must be >= 0, not {}", a.seed), "Any non-negative integer works.");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ndarray::Array2;
 use nudge_core::gradient::{MovingSet, Qrel};
 
-use super::config::FitArgs;
+use super::config::{FitArgs, Split};
 use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::read::{self, Vectors};
@@ -35,7 +35,7 @@ impl Labels {
 }
 
 /// Read queries and labels; split them (the given validation tables, or a seeded fraction).
-pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
+pub fn read_and_split(a: &FitArgs, split: Split, validation_required: bool) -> Labels {
     let queries_rel = columns::relation(a.queries);
     let qrels_rel = columns::relation(a.qrels);
     let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
@@ -43,8 +43,8 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
     let q_all = read::read_queries(&queries_rel, &mut dim);
     let labels = read::read_qrels(&qrels_rel);
     let mut keys: HashMap<String, u64> = HashMap::new();
-    let (train, validation) = match a.validation {
-        Some((vq, vr)) => {
+    let (train, validation) = match (a.validation, split) {
+        (Some((vq, vr)), _) => {
             let (vq_rel, vr_rel) = (columns::relation(vq), columns::relation(vr));
             let (vq_sql, vr_sql) = (vq_rel.sql.clone(), vr_rel.sql.clone());
             let q_val = read::read_queries(&vq_rel, &mut dim);
@@ -58,7 +58,7 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
                 QuerySet { vectors: q_val.into_array(), qrels: val_qrels },
             )
         }
-        None if a.folds.is_some() => {
+        (None, Split::Folds(_)) => {
             // k-fold: every query trains and validates (the core deals them into folds)
             let all_index = index_ids(q_all.ids.iter(), &queries_sql);
             let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
@@ -68,7 +68,8 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
                 QuerySet { vectors: Array2::zeros((0, dim)), qrels: Vec::new() },
             )
         }
-        None => seeded_split(a, q_all, &labels, &mut keys, &queries_sql, &qrels_sql),
+        (None, Split::Fraction(f)) => seeded_split(a, f, q_all, &labels, &mut keys, &queries_sql, &qrels_sql),
+        (None, Split::Tables) => unreachable!("validation tables without tables"),
     };
     let validation = only_judged(validation);
     if validation.vectors.nrows() == 0 && validation_required {
@@ -94,6 +95,7 @@ pub fn read_and_split(a: &FitArgs, validation_required: bool) -> Labels {
 /// permutation with `seed`) validate, the rest train.
 fn seeded_split(
     a: &FitArgs,
+    fraction: f64,
     q_all: Vectors,
     labels: &[read::Label],
     keys: &mut HashMap<String, u64>,
@@ -107,7 +109,7 @@ fn seeded_split(
             format!("{queries_sql} has {} queries; a seeded split needs at least 2", q_all.len()),
         );
     }
-    let (tr, va) = nudge_core::split::split(q_all.len(), a.validation_fraction, a.seed as u32).or_raise();
+    let (tr, va) = nudge_core::split::split(q_all.len(), fraction, a.seed as u32).or_raise();
     // position of each original row within its part
     let mut part = vec![(false, 0u32); q_all.len()];
     for (i, &r) in tr.iter().enumerate() {
@@ -127,6 +129,24 @@ fn seeded_split(
         QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
         QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
     )
+}
+
+/// Training and validation queries as one set (validation rows after the training rows), its
+/// labels, and the validation rows: for a held-out choice of gamma with the update from all.
+pub fn train_then_validation(labels: &Labels) -> (Array2<f32>, Vec<Qrel>, Vec<usize>) {
+    let (t, v) = (&labels.train, &labels.validation);
+    let n_train = t.vectors.nrows();
+    let queries = ndarray::concatenate(ndarray::Axis(0), &[t.vectors.view(), v.vectors.view()]).expect("same dimension");
+    let qrels = t.qrels.iter().copied().chain(v.qrels.iter().map(|q| Qrel { query: q.query + n_train as u32, ..*q })).collect();
+    (queries, qrels, (n_train..n_train + v.vectors.nrows()).collect())
+}
+
+/// The number of queries some label names (the queries k folds deal).
+pub fn labelled_queries(labels: &Labels) -> usize {
+    let mut named: Vec<u32> = labels.train.qrels.iter().map(|q| q.query).collect();
+    named.sort_unstable();
+    named.dedup();
+    named.len()
 }
 
 /// The records the training labels move, with G (the sum of their relevant training queries).

@@ -36,7 +36,7 @@ use pgrx::PgRelation;
 use crate::citus::Placement;
 use crate::error::{raise, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
-use config::{required, FitArgs};
+use config::{required, FitArgs, Split, UpdateFrom};
 
 type FitRow = (
     name!(fit_id, i64),
@@ -60,7 +60,7 @@ fn nudge_fit(
     method: default!(Option<&str>, "'nudge_n'"),
     validation_queries: default!(Option<PgRelation>, "NULL"),
     validation_qrels: default!(Option<PgRelation>, "NULL"),
-    validation_fraction: default!(Option<f64>, 0.1),
+    validation_fraction: default!(Option<f64>, "NULL"),
     seed: default!(Option<i32>, 0),
     metric: default!(Option<&str>, "'ndcg@10'"),
     gamma: default!(Option<f64>, "NULL"),
@@ -69,6 +69,7 @@ fn nudge_fit(
     gamma_search: default!(Option<&str>, "'best'"),
     negative_rule: default!(Option<&str>, "'skip'"),
     folds: default!(Option<i32>, "NULL"),
+    update_from: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -92,7 +93,7 @@ fn nudge_fit(
         id_column: required(id_column, "id_column"),
         method: required(method, "method"),
         validation: config::validation_pair(validation_queries.map(|r| r.oid()), validation_qrels.map(|r| r.oid())),
-        validation_fraction: required(validation_fraction, "validation_fraction"),
+        validation_fraction,
         seed: required(seed, "seed"),
         metric: required(metric, "metric"),
         gamma,
@@ -101,6 +102,7 @@ fn nudge_fit(
         gamma_search: required(gamma_search, "gamma_search"),
         negative_rule: required(negative_rule, "negative_rule"),
         folds,
+        update_from,
         refit_of: None,
     };
     TableIterator::once(run(&args))
@@ -140,7 +142,7 @@ fn nudge_refit(
         id_column: &r.id_column,
         method: &r.method,
         validation: r.validation_queries.zip(r.validation_qrels),
-        validation_fraction: r.validation_fraction.unwrap_or(0.1),
+        validation_fraction: r.validation_fraction,
         seed: r.seed.unwrap_or(0),
         metric: &metric,
         gamma: fixed.then_some(r.gamma),
@@ -149,6 +151,7 @@ fn nudge_refit(
         gamma_search: if fixed { "best" } else { &r.gamma_search },
         negative_rule: &r.negative_rule,
         folds: r.folds,
+        update_from: r.update_from.as_deref(),
         refit_of: Some(fit_id),
     };
     TableIterator::once(run(&args))
@@ -172,6 +175,7 @@ struct Recorded {
     target: Option<String>,
     negative_rule: String,
     folds: Option<i32>,
+    update_from: Option<String>,
 }
 
 impl Recorded {
@@ -180,7 +184,7 @@ impl Recorded {
             let t = c.select(
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
-                        gamma_search, gamma, target, negative_rule, folds
+                        gamma_search, gamma, target, negative_rule, folds, update_from
                    FROM nudge.fits WHERE fit_id = $1",
                 Some(1),
                 &[fit_id.into()],
@@ -207,6 +211,7 @@ impl Recorded {
                 target: t.get(14)?,
                 negative_rule: t.get(15)?.unwrap(),
                 folds: t.get(16)?,
+                update_from: t.get(17)?,
             }))
         })
         .or_raise()
@@ -225,28 +230,39 @@ fn corpus_pass<P: pass::CorpusPass>(corpus: &inputs::Corpus, labels: &labels::La
 fn run(a: &FitArgs) -> FitRow {
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
+    let update_from = config::parse_update_from(a, &config);
     let corpus = inputs::resolve(a);
 
     reporter.report("reading queries", 0, None);
-    let held_out = a.folds.is_none() && !matches!(config.selection, Selection::Fixed(_));
-    let labels = labels::read_and_split(a, held_out);
+    let split = config::split(a, &config);
+    let held_out = !matches!(split, Split::Folds(_)) && !matches!(config.selection, Selection::Fixed(_));
+    let labels = labels::read_and_split(a, split, held_out);
     let originals = originals::read(a.corpus, &corpus.emb);
 
-    // the corpus pass and the choice of gamma: on a held-out split, or by k folds
-    let (outcome, addresses, n_validation) = match a.folds {
-        None => {
+    // the corpus pass and the choice of gamma: on a held-out split (the update from the training
+    // queries, or from all), or by k folds
+    let (outcome, addresses, n_validation, folds) = match split {
+        Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
+            let (queries, qrels, validation) = labels::train_then_validation(&labels);
+            let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
+        }
+        Split::Tables | Split::Fraction(_) => {
             let moving = labels::moving_set(&labels);
             let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
             let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
-            (outcome, addresses, labels.validation.vectors.nrows())
+            (outcome, addresses, labels.validation.vectors.nrows(), None)
         }
-        Some(k) => {
+        Split::Folds(k) => {
+            let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
             let (train, n) = (&labels.train, labels.n_labelled());
-            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k as usize, a.seed as u32, config).or_raise();
+            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
             let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
-            (folded.fit, addresses, folded.fold_evaluated.iter().sum())
+            (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
         }
     };
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
@@ -263,6 +279,9 @@ fn run(a: &FitArgs) -> FitRow {
             outcome: &outcome,
             embedding_type: &corpus.emb.type_sql,
             n_validation,
+            split,
+            folds,
+            update_from,
             records_changed,
             rows_written,
             seconds,

@@ -3,7 +3,7 @@
 use nudge_core::gamma::{FitConfig, FitOutcome};
 use pgrx::prelude::*;
 
-use super::config::{method_name, selection_names, FitArgs};
+use super::config::{method_name, selection_names, FitArgs, Split, UpdateFrom};
 use super::labels::Labels;
 use crate::error::OrRaise;
 
@@ -21,6 +21,10 @@ pub struct Done<'a> {
     pub embedding_type: &'a str,
     /// Validation queries evaluated (all folds' together for k folds).
     pub n_validation: usize,
+    pub split: Split,
+    /// The fold count of a k-fold fit (the default resolved).
+    pub folds: Option<i32>,
+    pub update_from: UpdateFrom,
     pub records_changed: i64,
     pub rows_written: i64,
     pub seconds: f64,
@@ -33,10 +37,11 @@ pub fn insert(a: &FitArgs, d: &Done) {
         "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
-             rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds)
+             rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
+             update_from)
          VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
              $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-             $24::jsonb, $27, $25, $28, $29)",
+             $24::jsonb, $27, $25, $28, $29, $30)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -47,7 +52,11 @@ pub fn insert(a: &FitArgs, d: &Done) {
             a.qrels.into(),
             a.validation.map(|v| v.0).into(),
             a.validation.map(|v| v.1).into(),
-            (a.validation.is_none() && a.folds.is_none()).then_some(a.validation_fraction).into(),
+            match d.split {
+                Split::Fraction(f) => Some(f),
+                _ => None,
+            }
+            .into(),
             a.validation.is_none().then_some(a.seed).into(),
             method_name(d.config.method).into(),
             Some(metric_name).into(),
@@ -66,7 +75,8 @@ pub fn insert(a: &FitArgs, d: &Done) {
             d.fit_id.into(),
             d.seconds.into(),
             a.refit_of.into(),
-            a.folds.into(),
+            d.folds.into(),
+            d.update_from.name().into(),
         ],
     )
     .or_raise();

@@ -105,6 +105,60 @@ impl KFoldPass {
         seed: u32,
         config: FitConfig,
     ) -> Result<Self> {
+        if k_folds < 2 {
+            return Err(invalid(
+                "folds",
+                format!("at least 2 folds are needed, got {k_folds}"),
+            ));
+        }
+        let labelled = labelled_rows(queries.nrows(), &qrels)?;
+        if k_folds > labelled.len() {
+            return Err(invalid(
+                "folds",
+                format!(
+                    "{k_folds} folds need at least {k_folds} labelled queries, there are {}",
+                    labelled.len()
+                ),
+            ));
+        }
+        let fold_rows: Vec<Vec<usize>> = folds(labelled.len(), k_folds, seed)?
+            .into_iter()
+            .map(|f| f.into_iter().map(|i| labelled[i]).collect())
+            .collect();
+        Self::with_folds(queries, qrels, n_labelled, fold_rows, k_folds, config)
+    }
+
+    /// A held-out split that refits on every label: gamma chosen on the queries
+    /// `validation` (rows of `queries`) with `G` from the others, the final update with `G`
+    /// from all of them. The same as [`KFoldPass::new`] with one evaluated fold.
+    pub fn held_out(
+        queries: Array2<f32>,
+        qrels: Vec<Qrel>,
+        n_labelled: u64,
+        validation: Vec<usize>,
+        config: FitConfig,
+    ) -> Result<Self> {
+        let mut is_val = vec![false; queries.nrows()];
+        for &r in &validation {
+            if r >= is_val.len() {
+                return Err(invalid("validation", format!("query row {r} is out of range")));
+            }
+            is_val[r] = true;
+        }
+        let train: Vec<usize> = (0..queries.nrows()).filter(|&r| !is_val[r]).collect();
+        Self::with_folds(queries, qrels, n_labelled, vec![validation, train], 1, config)
+    }
+
+    /// The general form: `fold_rows` partition (some of) the query rows; the first `evaluated`
+    /// folds are each measured with `G` from every other fold, the rest only train.
+    fn with_folds(
+        queries: Array2<f32>,
+        qrels: Vec<Qrel>,
+        n_labelled: u64,
+        fold_rows: Vec<Vec<usize>>,
+        evaluated: usize,
+        config: FitConfig,
+    ) -> Result<Self> {
         let metric = match config.selection {
             Selection::Best(m) => m,
             _ => {
@@ -115,42 +169,8 @@ impl KFoldPass {
             }
         };
         metric.validate()?;
-        if k_folds < 2 {
-            return Err(invalid(
-                "folds",
-                format!("at least 2 folds are needed, got {k_folds}"),
-            ));
-        }
         let nq = queries.nrows();
-        let mut is_labelled = vec![false; nq];
-        for q in &qrels {
-            let row = q.query as usize;
-            if row >= nq {
-                return Err(invalid(
-                    "qrels",
-                    format!(
-                        "query row {} is out of range (there are {nq} queries)",
-                        q.query
-                    ),
-                ));
-            }
-            is_labelled[row] = true;
-        }
-        let labelled: Vec<usize> = (0..nq).filter(|&r| is_labelled[r]).collect();
-        if labelled.is_empty() {
-            return Err(NudgeError::Empty {
-                what: "labelled queries".into(),
-            });
-        }
-        if k_folds > labelled.len() {
-            return Err(invalid(
-                "folds",
-                format!(
-                    "{k_folds} folds need at least {k_folds} labelled queries, there are {}",
-                    labelled.len()
-                ),
-            ));
-        }
+        let labelled = labelled_rows(nq, &qrels)?;
         // validates queries, qrels and grades; the moving set of the final fit
         let all = gradients(queries.view(), &qrels, &labelled, n_labelled)?;
         let mut per_query: Vec<Vec<(u64, f64)>> = vec![Vec::new(); nq];
@@ -161,11 +181,7 @@ impl KFoldPass {
             .iter()
             .map(|r| !r.is_empty() && Judged::new(r).n_rel > 0)
             .collect();
-        let fold_rows: Vec<Vec<usize>> = folds(labelled.len(), k_folds, seed)?
-            .into_iter()
-            .map(|f| f.into_iter().map(|i| labelled[i]).collect())
-            .collect();
-        for (f, rows) in fold_rows.iter().enumerate() {
+        for (f, rows) in fold_rows[..evaluated].iter().enumerate() {
             if !rows.iter().any(|&r| has_rel[r]) {
                 return Err(invalid(
                     "folds",
@@ -177,8 +193,8 @@ impl KFoldPass {
                 ));
             }
         }
-        // validation of the scan: all labelled queries, fold-major
-        let order: Vec<usize> = fold_rows.concat();
+        // validation of the scan: the evaluated folds' queries, fold-major
+        let order: Vec<usize> = fold_rows[..evaluated].concat();
         let mut pos = vec![usize::MAX; nq];
         for (i, &r) in order.iter().enumerate() {
             pos[r] = i;
@@ -186,6 +202,7 @@ impl KFoldPass {
         let vq = queries.select(Axis(0), &order);
         let vr: Vec<Qrel> = qrels
             .iter()
+            .filter(|q| pos[q.query as usize] != usize::MAX)
             .map(|q| Qrel {
                 query: pos[q.query as usize] as u32,
                 ..*q
@@ -193,9 +210,9 @@ impl KFoldPass {
             .collect();
         let pass = FitPass::new(all, vq, vr, config)?;
         let eval = pass.eval_rows();
-        let mut ranges = Vec::with_capacity(k_folds);
+        let mut ranges = Vec::with_capacity(evaluated);
         let (mut start, mut e) = (0usize, 0usize);
-        for rows in &fold_rows {
+        for rows in &fold_rows[..evaluated] {
             let end = start + rows.len();
             let e0 = e;
             while e < eval.len() && eval[e] < end {
@@ -281,8 +298,8 @@ impl KFoldPass {
                 in_fold[r] = f;
             }
         }
-        let mut passes = Vec::with_capacity(folds.len());
-        for (f, rows) in folds.iter().enumerate() {
+        let mut passes = Vec::with_capacity(ranges.len());
+        for (f, rows) in folds.iter().enumerate().take(ranges.len()) {
             hooks.check()?;
             let train: Vec<usize> = folds
                 .iter()
@@ -388,6 +405,28 @@ impl KFoldPass {
             curve,
         })
     }
+}
+
+/// The query rows some qrels row names (whatever its grade), ascending.
+fn labelled_rows(nq: usize, qrels: &[Qrel]) -> Result<Vec<usize>> {
+    let mut is_labelled = vec![false; nq];
+    for q in qrels {
+        let row = q.query as usize;
+        if row >= nq {
+            return Err(invalid(
+                "qrels",
+                format!("query row {} is out of range (there are {nq} queries)", q.query),
+            ));
+        }
+        is_labelled[row] = true;
+    }
+    let labelled: Vec<usize> = (0..nq).filter(|&r| is_labelled[r]).collect();
+    if labelled.is_empty() {
+        return Err(NudgeError::Empty {
+            what: "labelled queries".into(),
+        });
+    }
+    Ok(labelled)
 }
 
 /// Mean over folds at each grid point (summed in fold order, then divided by the fold count).

@@ -107,7 +107,7 @@ SELECT t($$SELECT * FROM nudge_fit('docs', NULL, 'q', 'qrels')$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', NULL, 'qrels')$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', id_column => NULL)$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', method => NULL)$$);
-SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', validation_fraction => NULL)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', validation_fraction => NULL, dry_run => true)$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', dry_run => NULL)$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => NULL, target => NULL, dry_run => true)$$);
 SELECT count(*) AS rows_from_strict_functions
@@ -226,6 +226,22 @@ SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', seed => -2
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', seed => 2147483647, dry_run => true)$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma_search => '')$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', negative_rule => 'SKIP ')$$);
+-- k folds (the default without validation tables: 10, at most one per labelled query) and
+-- the update from every label
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, dry_run => true)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 1)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 13)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, validation_queries => 'q', validation_qrels => 'qrels')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, validation_fraction => 0.2)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, gamma => 0.2)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, gamma_search => 'reference')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', folds => 3, update_from => 'train')$$);
+CREATE TABLE qrels_zero AS SELECT query_id, doc_id, CASE WHEN query_id = 1 THEN 1 ELSE 0 END AS score FROM qrels;
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels_zero', folds => 2)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', validation_fraction => 0.25, update_from => 'all', dry_run => true)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', validation_queries => 'q', validation_qrels => 'qrels', validation_fraction => 0.25)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', update_from => 'everything')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', update_from => 'all', gamma => 0.2)$$);
 SELECT t($$SELECT * FROM nudge_evaluate('docs', 'embedding', 'q', 'qrels', k => -5)$$);
 SELECT t($$SELECT * FROM nudge_evaluate('docs', 'embedding', 'q', 'qrels', k => 2147483647)$$);
 SELECT t($$SELECT * FROM nudge_evaluate('docs', 'embedding', 'q', 'qrels', distance => 'L2')$$);

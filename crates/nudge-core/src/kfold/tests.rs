@@ -610,3 +610,43 @@ fn kfold_timing() {
         }
     }
 }
+
+/// `held_out`: gamma and curve of a FitPass with G from the training queries and the held-out
+/// queries as validation; the update with G from all labelled queries.
+#[test]
+fn held_out_refit_equals_fit_pass_then_all_labels() {
+    for (seed, method) in [(4u64, Method::NudgeN), (5, Method::NudgeM), (6, Method::NudgeN)] {
+        let d = make_data(seed, 400, 10, 60);
+        let cfg = FitConfig { method, selection: Selection::Best(Metric::Ndcg(10)), negative_rule: NegativeRule::Skip };
+        let val: Vec<usize> = (0..d.queries.nrows()).filter(|r| r % 4 == 1).collect();
+        let train: Vec<usize> = (0..d.queries.nrows()).filter(|r| r % 4 != 1).collect();
+        let mut hp = KFoldPass::held_out(d.queries.clone(), d.qrels.clone(), d.n_lab, val.clone(), cfg).unwrap();
+        // the plain held-out fit: G from the training queries, the others validate
+        let ms = gradients(d.queries.view(), &d.qrels, &train, d.n_lab).unwrap();
+        let vr: Vec<Qrel> = d
+            .qrels
+            .iter()
+            .filter_map(|q| val.iter().position(|&r| r == q.query as usize).map(|i| Qrel { query: i as u32, ..*q }))
+            .collect();
+        let mut fp = FitPass::new(ms, d.queries.select(Axis(0), &val), vr, cfg).unwrap();
+        let keys = keys(&d);
+        for (ks, v) in keys.chunks(53).zip(d.corpus.axis_chunks_iter(Axis(0), 53)) {
+            hp.push_batch(ks, v, &mut Hooks::noop()).unwrap();
+            fp.push_batch(ks, v, &mut Hooks::noop()).unwrap();
+        }
+        let got = hp.finish(&mut Hooks::noop()).unwrap();
+        let want = fp.finish(&mut Hooks::noop()).unwrap();
+        assert_eq!(got.gamma, want.gamma, "{method:?}");
+        assert_eq!(got.curve, want.curve, "{method:?}");
+        assert_eq!(got.fit.validation_after, want.validation_after);
+        assert_eq!(got.fold_evaluated.len(), 1);
+        let all: Vec<usize> = (0..d.queries.nrows()).collect();
+        let ms_all = gradients(d.queries.view(), &d.qrels, &all, d.n_lab).unwrap();
+        assert_eq!(got.fit.keys, ms_all.keys);
+        let rows: Vec<usize> = ms_all.keys.iter().map(|&k| k as usize).collect();
+        let (vectors, _) = apply(method, got.gamma, d.corpus.select(Axis(0), &rows).view(), ms_all.g.view(), NegativeRule::Skip).unwrap();
+        let worst = got.fit.vectors.iter().zip(&vectors).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{method:?}: {worst}");
+        assert!(got.fit.keys.len() > want.keys.len(), "every label moves records");
+    }
+}

@@ -37,7 +37,7 @@ pub struct FitArgs<'a> {
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given
 /// (capped at the number of labelled queries): the best of 3, 5 and 10 folds, a held-out 10%
-/// and a held-out 10% with the update from all labels on SciFact and 12 synthetic sets
+/// and a held-out 10% with the update from all labels on SciFact and 6 synthetic sets, NUDGE-N and NUDGE-M
 /// (BENCHMARKS.md, "Choosing gamma").
 pub const DEFAULT_FOLDS: usize = 10;
 /// [`DEFAULT_FOLDS`], or as many as there are labelled queries (at least 2).

@@ -330,7 +330,16 @@ impl KFoldPass {
                 moving: Vec::new(),
                 rows_seen: parts.rows_seen - n_cap,
             })?;
-            fp.push_batch(&parts.moving.keys, parts.original.view(), hooks)?;
+            {
+                // the captured records, not the corpus: no "scanning corpus" progress
+                let mut quiet = |_: crate::exec::Progress<'_>| {};
+                let mut inner = Hooks {
+                    pool: hooks.pool,
+                    check_interrupts: &mut *hooks.check_interrupts,
+                    progress: &mut quiet,
+                };
+                fp.push_batch(&parts.moving.keys, parts.original.view(), &mut inner)?;
+            }
             passes.push(fp);
         }
         let method = config.method;

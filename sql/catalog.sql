@@ -50,6 +50,9 @@ CREATE TABLE nudge.fits (
     update_from         text        CHECK (update_from IN ('train', 'all'))
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
+COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
+COMMENT ON COLUMN nudge.fits.folds IS 'Fold count when gamma was chosen by k-fold cross-validation (the default without validation tables or validation_fraction)';
+COMMENT ON COLUMN nudge.fits.update_from IS 'Whose labels moved the records: train (the held-out queries only chose gamma) or all';
 
 CREATE TABLE nudge.fit_backups (
     fit_id          bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,

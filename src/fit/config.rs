@@ -29,6 +29,8 @@ pub struct FitArgs<'a> {
     /// Choose gamma by k-fold cross-validation over all labelled queries (no held-out split).
     pub folds: Option<i32>,
     pub refit_of: Option<i64>,
+    /// How a writing fit locks the corpus (online 'rows' or strict 'table').
+    pub lock: super::inputs::Lock,
 }
 
 /// A required argument of nudge_fit: NULL is an error.

@@ -391,7 +391,8 @@ def test_online_fit_keeps_application_writes(cluster, table):
     nudged_local = vectors(conn, "docs_local")
     conn.execute("SELECT nudge_revert(%s)", (local_fit,))
     changed, other_column, deleted = moved
-    saved = conn.execute(f"SELECT id, tenant, embedding::text FROM {table} WHERE id = ANY(%s)", (moved,)).fetchall()
+    saved = conn.execute(f"SELECT id, tenant, embedding::text, nudged::text FROM {table} WHERE id = ANY(%s)",
+                         (moved,)).fetchall()
     app_vec = vec_text(np.full(DIM, 1 / np.sqrt(DIM), dtype=np.float32))
 
     holder = connect()
@@ -446,5 +447,5 @@ def test_online_fit_keeps_application_writes(cluster, table):
     finally:
         # the table as it was, for the other tests
         conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s) OR id = 'app-new'", (moved,))
-        conn.executemany(f"INSERT INTO {table} (id, tenant, embedding) VALUES (%s, %s, %s)", saved)
+        conn.cursor().executemany(f"INSERT INTO {table} (id, tenant, embedding, nudged) VALUES (%s, %s, %s, %s)", saved)
         assert table_md5(conn, table) == before

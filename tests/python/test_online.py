@@ -66,11 +66,11 @@ def app(dbname, statements, timeout="1s"):
     return out
 
 
-def fit_held_at_first_row(c, table, lock=None):
+def fit_held_at_first_row(c, table, lock=None, qrels="qrels_w"):
     """Start a fit of `table` held at its first write (row 1 locked by another connection);
     returns (the fit's Call, the RowLock)."""
     hold = RowLock(DB, table, 1)
-    fit = Call(DB, write_fit_sql(table, 0.4, lock=lock))
+    fit = Call(DB, write_fit_sql(table, 0.4, lock=lock, qrels=qrels))
     fit.start()
     wait_until(lambda: waits_on_lock(c, fit.pid, "row"), "the fit to wait on its first row")
     return fit, hold
@@ -91,7 +91,9 @@ def test_application_writes_during_an_online_fit(online):
     open_tx.execute("BEGIN")
     open_tx.execute(f"UPDATE t_on SET embedding = '{APP_VEC}' WHERE id = 11")
 
-    fit, hold = fit_held_at_first_row(c, "t_on")
+    c.execute("DROP TABLE IF EXISTS qrels_on")
+    c.execute("CREATE TABLE qrels_on AS SELECT * FROM qrels_w")     # refit below reads it again
+    fit, hold = fit_held_at_first_row(c, "t_on", qrels="qrels_on")
     modes = {m for (m,) in c.execute("""SELECT mode FROM pg_locks WHERE pid = %s AND granted
                                             AND locktype = 'relation' AND relation = 't_on'::regclass""", (fit.pid,))}
     assert "ShareUpdateExclusiveLock" in modes and "ShareRowExclusiveLock" not in modes, modes
@@ -136,6 +138,23 @@ def test_application_writes_during_an_online_fit(online):
         if i in moved_changed or i in (3000, N + 1):
             continue
         assert v == alone[i], i
+
+    # a refit starts from the originals: rows the fit wrote come out the same, the row whose
+    # other column changed is nudged now, the rows the application wrote start from its values
+    # (and the deleted rows' labels are gone)
+    c.execute("DELETE FROM qrels_on WHERE doc_id IN (9, 10)")
+    refit, refit_skipped = c.execute("SELECT fit_id, rows_skipped FROM nudge_refit(%s)", (fit_id,)).fetchone()
+    assert refit_skipped == 0
+    after_refit = rows(c, "t_on")
+    assert after_refit[8] == (alone[8][0], "app")
+    assert all(after_refit[i] == after[i] for i in backed_up)
+    app_rows = [str(i) for i in (5, 6, 7, 11, 1500)]
+    originals = c.execute("SELECT row_id, original::text FROM nudge.fit_backups WHERE fit_id = %s AND row_id = ANY(%s)",
+                          (refit, app_rows)).fetchall()
+    assert sorted(originals) == sorted((i, APP_VEC) for i in app_rows)
+    assert all(after_refit[int(i)][0] != APP_VEC for i in app_rows)
+    assert c.execute("SELECT nudge_revert(%s)", (refit,)).fetchone()[0] == W - 2
+    assert rows(c, "t_on") == after
 
     # revert restores exactly the rows the fit wrote and leaves the application's values
     assert c.execute("SELECT nudge_revert(%s)", (fit_id,)).fetchone()[0] == W - skipped

@@ -198,7 +198,7 @@ def main():
     data.load(corpus, data.synth_params(a.n))
     name = corpus.name
     with connect() as c:
-        c.execute("SET maintenance_work_mem = '2GB'")
+        c.execute("SET maintenance_work_mem = '4GB'")
         if not c.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", (f"{name}_hnsw",)).fetchone():
             log(f"{name}: building the HNSW index")
             c.execute(f"CREATE INDEX {name}_hnsw ON {name}_docs USING hnsw (embedding vector_cosine_ops)")

@@ -90,6 +90,7 @@ def test_application_writes_during_an_online_fit(online):
     open_tx = connect(DB)
     open_tx.execute("BEGIN")
     open_tx.execute(f"UPDATE t_on SET embedding = '{APP_VEC}' WHERE id = 11")
+    open_xid = open_tx.execute("SELECT pg_current_xact_id()::xid::text").fetchone()[0]
 
     c.execute("DROP TABLE IF EXISTS qrels_on")
     c.execute("CREATE TABLE qrels_on AS SELECT * FROM qrels_w")     # refit below reads it again
@@ -111,7 +112,10 @@ def test_application_writes_during_an_online_fit(online):
 
     hold.release()
     # the fit writes rows 2..10 and waits for the open transaction's row 11
-    wait_until(lambda: waits_on_lock(c, fit.pid, "row"), "the fit to wait for the open transaction's row")
+    wait_until(lambda: c.execute("""SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted
+                                      AND locktype = 'transactionid' AND transactionid::text = %s""",
+                                 (fit.pid, open_xid)).fetchone()[0] == 1,
+               "the fit to wait for the open transaction's row")
     open_tx.execute("COMMIT")
     open_tx.close()
     moved_changed.add(11)

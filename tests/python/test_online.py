@@ -236,3 +236,25 @@ def test_online_fit_with_nothing_changed_is_the_strict_fit(online):
         r = c.execute(write_fit_sql(f"t_same_{lock}", 0.4, lock=lock)).fetchone()
         assert r[7] == 0
     assert fingerprint(c, "t_same_rows") == fingerprint(c, "t_same_table")
+
+
+def test_online_fit_into_a_target_column(online):
+    """A fit into a target column skips a row the application changed during the fit and
+    gives it a copy of the source, like every row the fit does not move."""
+    c = online
+    copy_table(c, "base", "t_tgt")
+    c.execute("ALTER TABLE t_tgt ADD COLUMN nudged real[]")
+    hold = RowLock(DB, "t_tgt", 1)
+    fit = Call(DB, write_fit_sql("t_tgt", 0.4).replace("negative_rule", "target => 'nudged', negative_rule"))
+    fit.start()
+    wait_until(lambda: waits_on_lock(c, fit.pid, "row"), "the fit to wait on its first row")
+    assert app(DB, [f"UPDATE t_tgt SET embedding = '{APP_VEC}' WHERE id = 5",
+                    f"INSERT INTO t_tgt VALUES ({N + 1}, '{APP_VEC}')"]) == [None, None]
+    hold.release()
+    fit.finish()
+    assert fit.error is None, fit.error
+    assert fit.result[0][7] == 1
+    assert c.execute("SELECT embedding::text, nudged::text FROM t_tgt WHERE id = 5").fetchone() == (APP_VEC, APP_VEC)
+    # every other row present when the fit wrote has its nudged or copied vector; the new row none
+    assert c.execute("SELECT count(*) FROM t_tgt WHERE nudged IS NULL").fetchone()[0] == 1
+    assert c.execute("SELECT count(*) FROM t_tgt WHERE id <= %s AND nudged <> embedding", (W,)).fetchone()[0] == W - 1

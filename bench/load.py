@@ -134,7 +134,7 @@ def phase_table(samples, t_fit0, t_write, t_fit1):
     return out
 
 
-def run_mode(name, lock, app, phase_seconds):
+def run_mode(name, lock, app, phase_seconds, fit_threads):
     table = f"{name}_docs"
     app.start()
     time.sleep(phase_seconds)
@@ -142,6 +142,7 @@ def run_mode(name, lock, app, phase_seconds):
         # progress NOTICEs at every batch: the time the write phase starts
         c.execute("SET nudge.progress = on")
         c.execute("SET nudge.progress_interval = 0")
+        c.execute(f"SET nudge.threads = {fit_threads}")
         marks = {}
         c.add_notice_handler(lambda d: marks.setdefault(d.message_primary.split(": ")[1], time.monotonic())
                              if d.message_primary.count(": ") >= 2 else None)
@@ -190,6 +191,8 @@ def main():
     ap.add_argument("--read-rate", type=float, default=20, help="k-NN reads per second per reader")
     ap.add_argument("--write-rate", type=float, default=10, help="writes per second per writer")
     ap.add_argument("--modes", default="table,rows")
+    ap.add_argument("--fit-threads", type=int, default=0, help="nudge.threads of the fit (0: one per CPU)")
+    ap.add_argument("--no-vacuum", action="store_true", help="ANALYZE only before the run (an HNSW vacuum can take minutes)")
     a = ap.parse_args()
 
     ensure_db()
@@ -204,15 +207,15 @@ def main():
         c.execute(f"DELETE FROM {name}_docs WHERE id >= {INSERT_BASE}")
         c.execute(f"DROP TABLE IF EXISTS {name}_loaded")
         c.execute(f"CREATE TABLE {name}_loaded AS SELECT id, embedding FROM {name}_docs")
-        c.execute(f"VACUUM ANALYZE {name}_docs")
+        c.execute(f"{'' if a.no_vacuum else 'VACUUM '}ANALYZE {name}_docs")
     queries = corpus.sets["test"][1]
     app = App(f"{name}_docs", queries, a.n, a.readers, a.writers, a.read_rate, a.write_rate, 0)
     res = {"machine": machine(), "n": a.n, "dim": DIM, "readers": a.readers, "writers": a.writers,
            "read_rate": a.read_rate, "write_rate": a.write_rate, "phase_seconds": a.phase_seconds,
-           "lock_timeout": "100ms", "index": "hnsw (embedding vector_cosine_ops), defaults",
+           "lock_timeout": "100ms", "fit_threads": a.fit_threads, "index": "hnsw (embedding vector_cosine_ops), defaults",
            "measured_at": time.strftime("%Y-%m-%d %H:%M"), "modes": []}
     for lock in a.modes.split(","):
-        res["modes"].append(run_mode(name, lock, app, a.phase_seconds))
+        res["modes"].append(run_mode(name, lock, app, a.phase_seconds, a.fit_threads))
         write_json("load", res)
     res["check"] = check_writes(name, a.n, app.written, f"{name}_loaded")
     log(res["check"])

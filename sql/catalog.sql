@@ -36,6 +36,8 @@ CREATE TABLE nudge.fits (
     records_moving      bigint      NOT NULL,
     records_changed     bigint      NOT NULL,
     rows_written        bigint      NOT NULL,
+    rows_skipped        bigint      NOT NULL DEFAULT 0,  -- rows to write the application changed first
+    lock                text        CHECK (lock IN ('rows', 'table')),  -- NULL for a dry run
     validation_before   float8,
     validation_after    float8,
     curve               jsonb,

@@ -5,8 +5,10 @@
 -- before it, and so on). Identifiers come from the catalog and are quoted by format().
 -- Types print relative to the caller's search_path (as they did when the fit ran), so
 -- the function does not pin one; every catalog reference is schema-qualified instead.
+-- `lock` as in nudge_fit: 'rows' (the application's writes go on; a row it changed keeps its
+-- value) or 'table' (they wait until the revert commits).
 
-CREATE FUNCTION nudge_revert(fit_id bigint) RETURNS bigint
+CREATE FUNCTION nudge_revert(fit_id bigint, lock text DEFAULT 'rows') RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 AS $fn$
 DECLARE
@@ -21,7 +23,15 @@ DECLARE
     restore    text;
     citus_method text;
     bk         record;
+    lock_mode  text;
 BEGIN
+    lock_mode := CASE pg_catalog.lower(nudge_revert.lock)
+                 WHEN 'rows' THEN 'SHARE UPDATE EXCLUSIVE' WHEN 'table' THEN 'SHARE ROW EXCLUSIVE' END;
+    IF lock_mode IS NULL THEN
+        RAISE EXCEPTION 'unknown lock "%"', nudge_revert.lock
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''rows'' (the default: the application''s INSERT, UPDATE and DELETE go on during the revert) or ''table'' (they wait until it commits).';
+    END IF;
     SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fit % does not exist', nudge_revert.fit_id
@@ -46,8 +56,9 @@ BEGIN
     END IF;
 
     -- Lock the table, then look at the state of its fits: a nudge_fit or nudge_revert on it
-    -- that committed while we waited is seen below, and none can start until we commit.
-    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.corpus);
+    -- that committed while we waited is seen below, and none can start until we commit (both
+    -- modes conflict with both).
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN %s MODE', f.corpus, lock_mode);
     SELECT * INTO f FROM nudge.fits AS x WHERE x.fit_id = nudge_revert.fit_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'fit % does not exist', nudge_revert.fit_id
@@ -100,7 +111,9 @@ BEGIN
     END IF;
 
     -- Only rows still holding what the fit wrote are restored: a row the application
-    -- updated (or deleted) since keeps its new value. One UPDATE joined to the backups; Citus
+    -- updated (or deleted) since keeps its new value. This is a compare-and-set under either
+    -- lock: a row the application is updating at the same moment is waited for, and its new
+    -- version re-checked (READ COMMITTED's EvalPlanQual). One UPDATE joined to the backups; Citus
     -- runs it on every shard of a distributed table, with the backups shipped along (filtered
     -- here first, behind OFFSET 0: a regclass shipped to a worker is the coordinator's OID,
     -- which names nothing there). Citus
@@ -150,4 +163,4 @@ BEGIN
     RETURN restored;
 END
 $fn$;
-COMMENT ON FUNCTION nudge_revert(bigint) IS 'Restore the vectors an in-place nudge_fit overwrote; returns the number of rows restored';
+COMMENT ON FUNCTION nudge_revert(bigint, text) IS 'Restore the vectors an in-place nudge_fit overwrote; returns the number of rows restored';

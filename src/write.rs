@@ -7,9 +7,18 @@
 //! changed since from one still holding what the fit wrote. Previous values are kept as
 //! `real[]` (exact for vector, halfvec and real[] columns; ~1.6 KB at 384 dimensions, so the
 //! backup row stays inline in its page) or, for double precision[] columns, in
-//! `original_double`. Rows are addressed by (tableoid, ctid) captured during the read; the fit
-//! holds SHARE ROW EXCLUSIVE on the table from before the read until commit, so those
-//! addresses cannot move underneath it.
+//! `original_double`.
+//!
+//! Every write is a compare-and-set: a row is written only if it still holds what the fit
+//! read, so a row the application updated or deleted since keeps the application's change (the
+//! fit counts it as skipped). On a plain table rows are addressed by (tableoid, ctid) captured
+//! during the read: a ctid names one row version, and an UPDATE by ctid finds nothing once
+//! another transaction's update or delete of that version committed (in READ COMMITTED,
+//! EvalPlanQual re-checks the ctid on the new version, which has another one). The version
+//! cannot be pruned and its slot reused meanwhile: the fit's statement snapshot holds back
+//! the xmin horizon, and its lock keeps VACUUM out. Any update of the row counts, also one of
+//! another column. Citus tables are addressed by key, so there the embedding itself is
+//! compared: `nudge_digest` of its value as `real[]` against the digest of what the fit read.
 //!
 //! Into a target column: every row not written with a nudged/original vector gets a copy
 //! of the source column in one set-based UPDATE; the source column is never touched.
@@ -44,26 +53,40 @@ pub struct RowAddr {
 pub struct RowWrite {
     pub addr: RowAddr,
     pub vector: Vec<f32>,
+    /// `nudge_digest` of the embedding as the fit read it, as `real[]`: the compare-and-set of
+    /// rows addressed by key.
+    pub read: i64,
 }
 
-/// How the rows of a batch are found: the `input` relation (`unnest` of `$2`, `$3` with
-/// ordinality), and the condition joining row alias `t` to input row `i`.
+/// How the rows of a batch are found: the `input` relation (`unnest` of `$2`, `$3` (and `$7`,
+/// the digests read, by key) with ordinality), and the condition joining row alias `t` to
+/// input row `i`: the row version by ctid, or the row by key still holding what was read.
 struct Addressing {
     input: &'static str,
     matches: String,
 }
 
-fn addressing(placement: &Placement, id: &Column) -> Addressing {
+fn addressing(placement: &Placement, id: &Column, col: &Column, kind: VecKind) -> Addressing {
     match placement {
         Placement::Local => Addressing {
             input: "unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)",
             matches: "t.tableoid = i.toid AND t.ctid = i.tid".into(),
         },
         Placement::Citus { dist, .. } => Addressing {
-            input: "unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(id, dist, ord)",
-            matches: key_match(id, dist.as_ref(), "i.id", "i.dist"),
+            input: "unnest($2::text[], $3::text[], $7::int8[]) WITH ORDINALITY AS u(id, dist, digest, ord)",
+            matches: format!("{} AND {}", key_match(id, dist.as_ref(), "i.id", "i.dist"), unchanged(col, kind, "i.digest")),
         },
     }
+}
+
+/// `nudge_digest` of row `t`'s `col` as `real[]` equals `read`: the row still holds what the
+/// fit read (the pass reads every type as real).
+fn unchanged(col: &Column, kind: VecKind, read: &str) -> String {
+    let value = match kind {
+        VecKind::Real => format!("t.{}", col.ident),
+        _ => format!("CAST(t.{} AS real[])", col.ident),
+    };
+    format!("public.nudge_digest({value}) = {read}")
 }
 
 /// `t.id = CAST(<id> AS type) [AND t.dist = CAST(<dist> AS type)]`: the row by its key, in the
@@ -160,7 +183,8 @@ fn real_array(values: &[f32]) -> DatumWithOid<'static> {
 /// Stand-in for a NULL element: a NaN payload no stored vector holds (nudge never writes NaN).
 const NULL_ELEMENT: f64 = f64::from_bits(0x7FF8_0000_DEAD_0001);
 
-/// Overwrite `col` in place for `rows`, backing up the previous values under `fit_id`.
+/// Overwrite `col` in place for `rows` still holding what the fit read, backing up the
+/// previous values under `fit_id`; returns the rows written.
 #[allow(clippy::too_many_arguments)]
 pub fn write_in_place(
     rel: pg_sys::Oid,
@@ -179,11 +203,12 @@ pub fn write_in_place(
     let dim = rows[0].vector.len();
     let total = rows.len() as u64;
     Spi::connect_mut(|client| {
-        let mut written = 0i64;
+        let (mut written, mut done) = (0i64, 0u64);
         let mut stmt = None;
         for chunk in rows.chunks(write_batch(placement)) {
             let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
             let [at1, at2] = address_args(chunk);
+            let read: Vec<i64> = chunk.iter().map(|r| r.read).collect();
             let args: Vec<DatumWithOid> = vec![
                 real_array(&vectors),
                 at1,
@@ -191,22 +216,25 @@ pub fn write_in_place(
                 fit_id.into(),
                 unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
                 (dim as i32).into(),
+                read.into(),
             ];
             if stmt.is_none() {
                 let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
                 stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
             }
-            client.update(stmt.as_ref().unwrap(), None, &args).or_raise();
-            written += chunk.len() as i64;
+            // (the INSERT of the backups: one per row written)
+            written += client.update(stmt.as_ref().unwrap(), None, &args).or_raise().len() as i64;
+            done += chunk.len() as u64;
             crate::exec::check_interrupts().ok();
-            reporter.report("writing rows", written as u64, Some(total));
+            reporter.report("writing rows", done, Some(total));
         }
         written
     })
 }
 
 /// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
-/// `real[]`), `$2`/`$3` the addresses, `$4` the fit, `$5` the table, `$6` the dimension.
+/// `real[]`), `$2`/`$3` the addresses, `$4` the fit, `$5` the table, `$6` the dimension, `$7`
+/// the digests read (by key).
 fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind) -> String {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
@@ -216,7 +244,7 @@ fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind)
     // as an intermediate result, while a parameter of the UPDATE goes with each of its shard
     // tasks (SciFact over 32 shards: 1.2 s per batch of 256 rows that way).
     let backup_col = backup_expr("t", col, kind).1;
-    let Addressing { input, matches } = addressing(placement, id);
+    let Addressing { input, matches } = addressing(placement, id, col, kind);
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",
         rel = col.rel_sql,
@@ -262,29 +290,25 @@ fn write_batch(placement: &Placement) -> usize {
     }
 }
 
-/// Fill `target` for every row: `rows` get their given vectors, all others a copy of `source`.
+/// Fill `target` for every row: `rows` get their given vectors, all others a copy of `source`
+/// (also rows to write that the application changed during the fit); returns the rows given
+/// their vectors.
 pub fn write_target(
     placement: &Placement,
     id: &Column,
     source: &Column,
+    kind: VecKind,
     target: &Column,
     rows: &[RowWrite],
     reporter: &mut Reporter,
 ) -> i64 {
     // First the copy for all other rows (rows to write keep their ctid until written).
     let ids: Vec<String> = rows.iter().map(|r| r.addr.id.clone()).collect();
-    let copy = format!(
-        "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE NOT (t.{id}::text = ANY($1))",
-        rel = source.rel_sql,
-        tgt = target.ident,
-        src = source.ident,
-        id = id.ident,
-    );
     reporter.report("copying the source column into the target", 0, None);
-    Spi::connect_mut(|client| client.update(copy.as_str(), None, &[ids.into()]).map(|_| ())).or_raise();
+    copy_source(id, source, target, ids, false);
     let matches = match placement {
         Placement::Local => "t.tableoid = $3 AND t.ctid = $2".to_string(),
-        Placement::Citus { dist, .. } => key_match(id, dist.as_ref(), "$2", "$3"),
+        Placement::Citus { dist, .. } => format!("{} AND {}", key_match(id, dist.as_ref(), "$2", "$3"), unchanged(source, kind, "$4")),
     };
     let sql = format!(
         "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE {matches}",
@@ -292,33 +316,51 @@ pub fn write_target(
         tgt = target.ident,
         ty = target.type_sql,
     );
-    run_rows(&sql, rows, reporter, |r| {
+    let written = run_rows(&sql, rows, reporter, |r| {
         let [at1, at2] = match &r.addr.at {
             At::Tid { tableoid, tid } => [tid_datum(*tid).into(), (*tableoid).into()],
             At::Key { dist } => [r.addr.id.clone().into(), dist.clone().into()],
         };
-        vec![r.vector.clone().into(), at1, at2]
-    })
+        vec![r.vector.clone().into(), at1, at2, r.read.into()]
+    });
+    let skipped: Vec<String> = written.iter().zip(rows).filter(|(w, _)| !**w).map(|(_, r)| r.addr.id.clone()).collect();
+    if !skipped.is_empty() {
+        copy_source(id, source, target, skipped, true);
+    }
+    written.iter().filter(|w| **w).count() as i64
 }
 
-/// Execute a prepared statement once per row, checking interrupts and reporting progress.
+/// Copy `source` into `target` for the rows whose id is in `ids` (`among`) or not in it.
+fn copy_source(id: &Column, source: &Column, target: &Column, ids: Vec<String>, among: bool) {
+    let copy = format!(
+        "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE {not}(t.{id}::text = ANY($1))",
+        rel = source.rel_sql,
+        tgt = target.ident,
+        src = source.ident,
+        id = id.ident,
+        not = if among { "" } else { "NOT " },
+    );
+    Spi::connect_mut(|client| client.update(copy.as_str(), None, &[ids.into()]).map(|_| ())).or_raise();
+}
+
+/// Execute a prepared statement once per row, checking interrupts and reporting progress;
+/// whether it wrote each row.
 fn run_rows<'a>(
     sql: &str,
     rows: &'a [RowWrite],
     reporter: &mut Reporter,
     args: impl Fn(&'a RowWrite) -> Vec<DatumWithOid<'a>>,
-) -> i64 {
+) -> Vec<bool> {
     if rows.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let total = rows.len() as u64;
     Spi::connect_mut(|client| {
         let types: Vec<pg_sys::PgOid> = args(&rows[0]).iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
         let stmt = client.prepare_mut(sql, &types).or_raise();
-        let mut written = 0i64;
+        let mut written = Vec::with_capacity(rows.len());
         for (i, r) in rows.iter().enumerate() {
-            client.update(&stmt, None, &args(r)).or_raise();
-            written += 1;
+            written.push(client.update(&stmt, None, &args(r)).or_raise().len() > 0);
             if i % 256 == 255 || i + 1 == rows.len() {
                 crate::exec::check_interrupts().ok();
                 reporter.report("writing rows", i as u64 + 1, Some(total));

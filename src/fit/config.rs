@@ -33,6 +33,8 @@ pub struct FitArgs<'a> {
     /// choose gamma) or `all`; NULL: `all` with folds, else `train`.
     pub update_from: Option<&'a str>,
     pub refit_of: Option<i64>,
+    /// How a writing fit locks the corpus (online 'rows' or strict 'table').
+    pub lock: super::inputs::Lock,
 }
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given

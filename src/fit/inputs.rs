@@ -1,5 +1,5 @@
 //! Phase 2 of a fit: the corpus table and its columns, resolved through the catalogs, and the
-//! lock a writing fit holds until it commits.
+//! lock a writing fit holds until it commits (`lock =>`: rows or table).
 
 use pgrx::prelude::*;
 
@@ -24,9 +24,50 @@ pub struct Corpus {
     pub placement: Placement,
 }
 
+/// How a writing fit (or a revert) locks the corpus until it commits (`lock =>`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Online: SHARE UPDATE EXCLUSIVE. It conflicts with itself (another fit or revert of the
+    /// table), with SHARE ROW EXCLUSIVE (a strict fit), DDL, VACUUM (plain, FULL; autovacuum
+    /// gives way and retries later), ANALYZE and CREATE INDEX [CONCURRENTLY], but not with
+    /// INSERT, UPDATE, DELETE or SELECT ... FOR UPDATE. Rows are then written compare-and-set:
+    /// one the application changed or deleted after the fit read it keeps the application's
+    /// change (write.rs).
+    Rows,
+    /// Strict: SHARE ROW EXCLUSIVE. Application writes wait for the whole fit.
+    Table,
+}
+
+impl Lock {
+    /// The `lock` argument: 'rows' or 'table' (22023 otherwise).
+    pub fn parse(s: &str) -> Lock {
+        match s.to_ascii_lowercase().as_str() {
+            "rows" => Lock::Rows,
+            "table" => Lock::Table,
+            _ => invalid(
+                format!("unknown lock \"{s}\""),
+                "Use 'rows' (the default: the application's INSERT, UPDATE and DELETE go on during the fit) or 'table' (they wait until it commits).",
+            ),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lock::Rows => "rows",
+            Lock::Table => "table",
+        }
+    }
+
+    fn mode_sql(self) -> &'static str {
+        match self {
+            Lock::Rows => "SHARE UPDATE EXCLUSIVE",
+            Lock::Table => "SHARE ROW EXCLUSIVE",
+        }
+    }
+}
+
 /// Resolve the corpus, its id / embedding / target columns, and when writing check it is a
-/// table and LOCK it IN SHARE ROW EXCLUSIVE MODE (readers go on; writers, including a
-/// concurrent nudge_fit on the same table, wait until we commit).
+/// table and LOCK it in the mode of `a.lock` (see [`Lock`]); readers always go on.
 pub fn resolve(a: &FitArgs) -> Corpus {
     let rel = columns::relation(a.corpus);
     let id = rel.column(a.id_column, "the id column that qrels.doc_id refers to");
@@ -58,7 +99,7 @@ pub fn resolve(a: &FitArgs) -> Corpus {
                 Some("Use dry_run => true to fit without writing, or pass the underlying table.".into()),
             );
         }
-        Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", rel.sql)).or_raise();
+        Spi::run(&format!("LOCK TABLE {} IN {} MODE", rel.sql, a.lock.mode_sql())).or_raise();
     }
     Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, placement }
 }

@@ -4,14 +4,16 @@
 //! A fit is a short sequence of phases, one module each, in one transaction (any error leaves
 //! every table as it was):
 //!  1. `config`: arguments checked, the core's configuration;
-//!  2. `inputs`: the corpus and its columns resolved; a writing fit locks the table;
+//!  2. `inputs`: the corpus and its columns resolved; a writing fit locks the table (online:
+//!     against other fits and DDL only; strict: against every write);
 //!  3. `labels`: queries and labels read and split (or kept whole for k folds); the moving
 //!     records and their G;
 //!  4. `pass`: one streaming pass over the corpus (static top-k per validation query, the
 //!     moving records' vectors, the addresses of rows to write);
 //!  5. gamma chosen on the moving records alone (on the held-out queries, or by the mean
 //!     out-of-fold metric of k folds, `folds =>`) and the new vectors computed (core);
-//!  6. `apply`: the rows to write, written (backing up what is overwritten);
+//!  6. `apply`: the rows to write, written where they still hold what the fit read (backing up
+//!     what is overwritten; the others are counted as skipped);
 //!  7. `record`: the fit's row in nudge.fits.
 //!
 //! The corpus pass and the write are the only phases with more than one form: on a Citus
@@ -46,6 +48,7 @@ type FitRow = (
     name!(validation_before, Option<f64>),
     name!(validation_after, Option<f64>),
     name!(seconds, f64),
+    name!(rows_skipped, i64),
 );
 
 /// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
@@ -70,6 +73,7 @@ fn nudge_fit(
     negative_rule: default!(Option<&str>, "'skip'"),
     folds: default!(Option<i32>, "NULL"),
     update_from: default!(Option<&str>, "NULL"),
+    lock: default!(Option<&str>, "'rows'"),
 ) -> TableIterator<
     'static,
     (
@@ -80,6 +84,7 @@ fn nudge_fit(
         name!(validation_before, Option<f64>),
         name!(validation_after, Option<f64>),
         name!(seconds, f64),
+        name!(rows_skipped, i64),
     ),
 > {
     // Every argument but gamma, target and the validation tables is required: a NULL is an
@@ -104,16 +109,19 @@ fn nudge_fit(
         folds,
         update_from,
         refit_of: None,
+        lock: inputs::Lock::parse(required(lock, "lock")),
     };
     TableIterator::once(run(&args))
 }
 
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
-/// from the original vectors (as every fit does) and is recorded as a new fit.
+/// from the original vectors (as every fit does) and is recorded as a new fit. `lock` is the
+/// call's own (not the recorded fit's).
 #[pg_extern(volatile, parallel_unsafe)]
 fn nudge_refit(
     fit_id: i64,
     dry_run: default!(bool, false),
+    lock: default!(&str, "'rows'"),
 ) -> TableIterator<
     'static,
     (
@@ -124,8 +132,10 @@ fn nudge_refit(
         name!(validation_before, Option<f64>),
         name!(validation_after, Option<f64>),
         name!(seconds, f64),
+        name!(rows_skipped, i64),
     ),
 > {
+    let lock = inputs::Lock::parse(lock);
     let Some(r) = Recorded::read(fit_id) else {
         raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
     };
@@ -153,6 +163,7 @@ fn nudge_refit(
         folds: r.folds,
         update_from: r.update_from.as_deref(),
         refit_of: Some(fit_id),
+        lock,
     };
     TableIterator::once(run(&args))
 }
@@ -268,7 +279,7 @@ fn run(a: &FitArgs) -> FitRow {
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 
     let fit_id = record::next_fit_id();
-    let rows_written = apply::write(&corpus, fit_id, &rows, &mut reporter);
+    let written = apply::write(&corpus, fit_id, &rows, &mut reporter);
     let seconds = reporter.elapsed();
     record::insert(
         a,
@@ -283,10 +294,10 @@ fn run(a: &FitArgs) -> FitRow {
             folds,
             update_from,
             records_changed,
-            rows_written,
+            written: &written,
             seconds,
         },
     );
     let method = config::method_name(config.method).to_string();
-    (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds)
+    (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds, written.skipped)
 }

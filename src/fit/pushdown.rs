@@ -6,7 +6,8 @@
 //!
 //! Citus runs the worker commands on connections of their own, outside the fit's transaction:
 //! they read committed rows. The fit holds its lock on the table from before the pass (Citus
-//! takes it on every node), so no write through the coordinator can come in between.
+//! takes it on every node): strict, no write through the coordinator can come in between;
+//! online, one can, and the write compares each row's embedding with what the pass read.
 
 use std::collections::HashMap;
 

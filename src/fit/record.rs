@@ -26,7 +26,7 @@ pub struct Done<'a> {
     pub folds: Option<i32>,
     pub update_from: UpdateFrom,
     pub records_changed: i64,
-    pub rows_written: i64,
+    pub written: &'a super::apply::Written,
     pub seconds: f64,
 }
 
@@ -38,10 +38,10 @@ pub fn insert(a: &FitArgs, d: &Done) {
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
-             update_from)
+             update_from, rows_skipped, lock)
          VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
              $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-             $24::jsonb, $27, $25, $28, $29, $30)",
+             $24::jsonb, $27, $25, $28, $29, $30, $31, $32)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -67,7 +67,7 @@ pub fn insert(a: &FitArgs, d: &Done) {
             (d.n_validation as i32).into(),
             (d.outcome.keys.len() as i64).into(),
             d.records_changed.into(),
-            d.rows_written.into(),
+            d.written.rows.into(),
             d.outcome.validation_before.into(),
             d.outcome.validation_after.into(),
             curve.into(),
@@ -77,6 +77,8 @@ pub fn insert(a: &FitArgs, d: &Done) {
             a.refit_of.into(),
             d.folds.into(),
             d.update_from.name().into(),
+            d.written.skipped.into(),
+            (!a.dry_run).then_some(a.lock.name()).into(),
         ],
     )
     .or_raise();

@@ -370,3 +370,82 @@ def test_a_transaction_sees_its_own_fit(cluster):
         fit(cluster, "docs_by_id", gamma=0.2)
         local, citus = (cluster.execute(q, (t,)).fetchone()[0] for t in ("docs_local", "docs_by_id"))
         assert citus == pytest.approx(local, abs=1e-12) and citus > before + 0.05
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
+def test_online_fit_keeps_application_writes(cluster, table):
+    """An online fit (the default) held before its write (another session holds SHARE on
+    nudge.fit_backups, which the write needs): the application's writes through the
+    distributed table go on with lock_timeout = '1s'; the fit then skips the moved rows whose
+    embedding the application changed or deleted (compared by digest), but not a row where only
+    another column changed; revert leaves the application's values."""
+    import threading
+
+    import psycopg
+    conn = cluster
+    before = table_md5(conn, table)
+    # rows this fit moves: those the same fit writes on the plain table
+    local_fit = fit(conn, "docs_local")["fit_id"]
+    moved = [r for (r,) in conn.execute("SELECT row_id FROM nudge.fit_backups WHERE fit_id = %s ORDER BY row_id LIMIT 3",
+                                        (local_fit,))]
+    nudged_local = vectors(conn, "docs_local")
+    conn.execute("SELECT nudge_revert(%s)", (local_fit,))
+    changed, other_column, deleted = moved
+    saved = conn.execute(f"SELECT id, tenant, embedding::text, nudged::text FROM {table} WHERE id = ANY(%s)",
+                         (moved,)).fetchall()
+    app_vec = vec_text(np.full(DIM, 1 / np.sqrt(DIM), dtype=np.float32))
+
+    holder = connect()
+    holder.execute("BEGIN")
+    holder.execute("LOCK TABLE nudge.fit_backups IN SHARE MODE")
+    outcome = {}
+
+    def run_fit():
+        try:
+            with connect() as c:
+                c.add_notice_handler(lambda d: outcome.setdefault("notices", []).append(d.message_primary))
+                outcome["row"] = c.execute(
+                    f"SELECT fit_id, records_changed, rows_skipped FROM nudge_fit('{table}', 'embedding', 'q_train', "
+                    "'r_train', validation_queries => 'q_val', validation_qrels => 'r_val')").fetchone()
+        except psycopg.Error as e:
+            outcome["error"] = e
+
+    t = threading.Thread(target=run_fit)
+    t.start()
+    try:
+        for _ in range(1200):
+            if conn.execute("SELECT count(*) FROM pg_locks WHERE relation = 'nudge.fit_backups'::regclass "
+                            "AND NOT granted").fetchone()[0]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the fit never waited for nudge.fit_backups")
+        with connect() as app:
+            app.execute("SET lock_timeout = '1s'")
+            app.execute(f"UPDATE {table} SET embedding = %s WHERE id = %s", (app_vec, changed))
+            app.execute(f"UPDATE {table} SET nudged = embedding WHERE id = %s", (other_column,))
+            app.execute(f"DELETE FROM {table} WHERE id = %s", (deleted,))
+            app.execute(f"INSERT INTO {table} (id, tenant, embedding) VALUES ('app-new', 1, %s)", (app_vec,))
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+        t.join(300)
+    try:
+        assert "error" not in outcome, outcome
+        fit_id, records_changed, skipped = outcome["row"]
+        assert skipped == 2
+        assert any("2 of " in m and "left as they are" in m for m in outcome["notices"]), outcome["notices"]
+        assert conn.execute("SELECT rows_written, rows_skipped, lock FROM nudge.fits WHERE fit_id = %s",
+                            (fit_id,)).fetchone()[1:] == (2, "rows")
+        got = vectors(conn, table)
+        assert np.array_equal(got[changed], parse_vec(app_vec)) and deleted not in got and "app-new" in got
+        # the row whose other column changed is nudged as on one node
+        assert float(np.max(np.abs(got[other_column] - nudged_local[other_column]))) <= VECTOR_TOL
+        assert conn.execute("SELECT nudge_revert(%s)", (fit_id,)).fetchone()[0] == \
+            conn.execute("SELECT rows_written FROM nudge.fits WHERE fit_id = %s", (fit_id,)).fetchone()[0]
+        assert np.array_equal(vectors(conn, table)[changed], parse_vec(app_vec))
+    finally:
+        # the table as it was, for the other tests
+        conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s) OR id = 'app-new'", (moved,))
+        conn.cursor().executemany(f"INSERT INTO {table} (id, tenant, embedding, nudged) VALUES (%s, %s, %s, %s)", saved)
+        assert table_md5(conn, table) == before

@@ -1,9 +1,10 @@
 """Safety under concurrency, cancellation, crashes and dump/restore.
 
-* Two fits of one table at once: the second waits for the first (and, under REPEATABLE
-  READ, fails cleanly); the result is exactly what the second fit gives alone.
-* Writes of the application during a fit wait for it and are never overwritten afterwards.
-* A revert racing a fit waits for it and then sees it.
+* Two fits of one table at once (online or strict): the second waits for the first (and,
+  under REPEATABLE READ, fails cleanly); the result is exactly what the second fit gives alone.
+* Writes of the application during a strict fit (lock => 'table') wait for it and are never
+  overwritten afterwards (online fits: test_online.py).
+* A revert racing a fit waits for it and then sees it (online or strict).
 * pg_cancel_backend and statement_timeout in the corpus read, the gamma search and the
   write: the statement fails with query_canceled, the table and nudge.fits are unchanged,
   the lock is released and the backend keeps working.
@@ -132,17 +133,23 @@ def sqlstate(e):
     return getattr(getattr(e, "diag", None), "sqlstate", None)
 
 
-def write_fit_sql(table, gamma=0.5, qrels="qrels_w"):
+def write_fit_sql(table, gamma=0.5, qrels="qrels_w", lock=None):
     """A fit with a fixed gamma and every query for training: it writes the labelled rows
-    (every one moves with negative_rule 'move') in the order of their first label, i.e. by id."""
+    (every one moves with negative_rule 'move') in the order of their first label, i.e. by id.
+    `lock`: 'rows' or 'table' (None: the default, 'rows')."""
+    lock_arg = f", lock => '{lock}'" if lock else ""
     return (f"SELECT * FROM nudge_fit('{table}', 'embedding', 'q', '{qrels}', gamma => {gamma}, "
-            "negative_rule => 'move', validation_queries => 'q_none', validation_qrels => 'qrels_none')")
+            f"negative_rule => 'move', validation_queries => 'q_none', validation_qrels => 'qrels_none'{lock_arg})")
+
+
+# the table lock each mode of a fit or revert takes
+LOCK_MODE = {"rows": "ShareUpdateExclusiveLock", "table": "ShareRowExclusiveLock"}
 
 
 class RowLock:
     """Holds a row lock on `table`.id = `row_id` (SELECT ... FOR UPDATE in an open
     transaction): a fit that reaches that row in its write waits there. SELECT FOR UPDATE
-    takes ROW SHARE on the table, which does not conflict with the fit's SHARE ROW EXCLUSIVE."""
+    takes ROW SHARE on the table, which conflicts with neither of the fit's locks."""
 
     def __init__(self, dbname, table, row_id):
         self.conn = connect(dbname)
@@ -263,7 +270,8 @@ def fitted_alone(conn, src, sql_for, name):
 
 # --------------------------------------------------------------------------- concurrency
 
-def test_two_fits_on_one_table_serialise(small_db):
+@pytest.mark.parametrize("lock", ["table", "rows"])
+def test_two_fits_on_one_table_serialise(small_db, lock):
     c, dbname = small_db, small_db.dbname
     copy_table(c, "small", "t_two")
     original = fingerprint(c, "t_two")
@@ -272,15 +280,15 @@ def test_two_fits_on_one_table_serialise(small_db):
     assert len({original, expect_first, expect_second}) == 3
 
     hold = RowLock(dbname, "t_two", SMALL_W)             # the first fit's last row
-    first = Call(dbname, write_fit_sql("t_two", 0.3), setup=["SET nudge.progress = off"])
+    first = Call(dbname, write_fit_sql("t_two", 0.3, lock=lock), setup=["SET nudge.progress = off"])
     first.start()
     wait_until(lambda: waits_on_lock(c, first.pid, "row"), "the first fit to wait on its last row")
-    second = Call(dbname, write_fit_sql("t_two", 0.6), setup=["SET nudge.progress = off"])
+    second = Call(dbname, write_fit_sql("t_two", 0.6, lock=lock), setup=["SET nudge.progress = off"])
     second.start()
     wait_until(lambda: waits_on_lock(c, second.pid, "relation"), "the second fit to wait for the table lock")
-    # the second waits for the table (SHARE ROW EXCLUSIVE), not for a row
+    # the second waits for the table (in its mode's lock), not for a row
     assert c.execute("""SELECT mode FROM pg_locks WHERE pid = %s AND NOT granted AND locktype = 'relation'
-                          AND relation = 't_two'::regclass""", (second.pid,)).fetchone() == ("ShareRowExclusiveLock",)
+                          AND relation = 't_two'::regclass""", (second.pid,)).fetchone() == (LOCK_MODE[lock],)
     assert fingerprint(c, "t_two") == original           # nothing visible yet
     hold.release()
     first.finish()
@@ -321,7 +329,7 @@ def test_second_fit_under_repeatable_read_fails_cleanly(small_db):
     assert c.execute("SELECT count(*) FROM nudge.fit_backups WHERE corpus = 't_rr'::regclass").fetchone()[0] == SMALL_W
 
 
-def test_application_writes_wait_for_the_fit_and_are_kept(small_db):
+def test_application_writes_wait_for_a_strict_fit_and_are_kept(small_db):
     c, dbname = small_db, small_db.dbname
     copy_table(c, "small", "t_app")
     moved, app_vec = 7, "{0.25,-0.5,1,0,0,0,0,0,0,0,0,0,0,0,0,0.125}"
@@ -331,7 +339,7 @@ def test_application_writes_wait_for_the_fit_and_are_kept(small_db):
     early.execute("BEGIN")
     early.execute("UPDATE t_app SET embedding = %s WHERE id = 3", (app_vec,))
     hold = RowLock(dbname, "t_app", SMALL_W)
-    fit = Call(dbname, write_fit_sql("t_app", 0.4), setup=["SET nudge.progress = off"])
+    fit = Call(dbname, write_fit_sql("t_app", 0.4, lock="table"), setup=["SET nudge.progress = off"])
     fit.start()
     wait_until(lambda: waits_on_lock(c, fit.pid, "relation"), "the fit to wait for the application's transaction")
     assert c.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted AND locktype = 'relation'",
@@ -369,15 +377,16 @@ def test_application_writes_wait_for_the_fit_and_are_kept(small_db):
         [(app_vec,), (app_vec,)]
 
 
-def test_revert_racing_a_fit_waits_and_sees_it(small_db):
+@pytest.mark.parametrize("lock", ["table", "rows"])
+def test_revert_racing_a_fit_waits_and_sees_it(small_db, lock):
     c, dbname = small_db, small_db.dbname
     copy_table(c, "small", "t_rev")
     first = c.execute(write_fit_sql("t_rev", 0.3)).fetchone()[0]
     hold = RowLock(dbname, "t_rev", SMALL_W)
-    fit = Call(dbname, write_fit_sql("t_rev", 0.6), setup=["SET nudge.progress = off"])
+    fit = Call(dbname, write_fit_sql("t_rev", 0.6, lock=lock), setup=["SET nudge.progress = off"])
     fit.start()
     wait_until(lambda: waits_on_lock(c, fit.pid, "row"), "the fit to wait on its last row")
-    revert = Call(dbname, f"SELECT nudge_revert({first})")
+    revert = Call(dbname, f"SELECT nudge_revert({first}, lock => '{lock}')")
     revert.start()
     wait_until(lambda: waits_on_lock(c, revert.pid, "relation"), "the revert to wait for the table lock")
     after_second = fitted_alone(c, "small", lambda t: write_fit_sql(t, 0.6), "t_rev_b")
@@ -390,13 +399,14 @@ def test_revert_racing_a_fit_waits_and_sees_it(small_db):
     assert f"followed by fit {fit.result[0][0]}" in str(revert.error)
     assert fingerprint(c, "t_rev") == after_second
 
-    # two reverts of the same fit at once: one restores, the other finds it reverted
+    # two reverts of the same fit at once: one restores, the other finds it reverted (held
+    # back by an application's write lock (strict) or by a lock like a fit's (online))
     blocker = connect(dbname)
     blocker.execute("BEGIN")
-    blocker.execute("LOCK TABLE t_rev IN ROW EXCLUSIVE MODE")
+    blocker.execute(f"LOCK TABLE t_rev IN {'ROW' if lock == 'table' else 'SHARE UPDATE'} EXCLUSIVE MODE")
     second = fit.result[0][0]
-    r1 = Call(dbname, f"SELECT nudge_revert({second})")
-    r2 = Call(dbname, f"SELECT nudge_revert({second})")
+    r1 = Call(dbname, f"SELECT nudge_revert({second}, lock => '{lock}')")
+    r2 = Call(dbname, f"SELECT nudge_revert({second}, lock => '{lock}')")
     r1.start()
     r2.start()
     wait_until(lambda: waits_on_lock(c, r1.pid, "relation") and waits_on_lock(c, r2.pid, "relation"),

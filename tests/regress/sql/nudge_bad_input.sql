@@ -305,6 +305,18 @@ DROP TABLE r_gone;
 SELECT t('SELECT nudge_revert(' || :gone || ')', 'docs');
 DELETE FROM nudge.fits WHERE fit_id = :gone;
 
+-- == lock: 'rows' (the default, online) or 'table' (strict), any case; anything else is
+-- refused before the fit reads or locks anything
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', lock => 'tables')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', lock => 'share row exclusive')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', lock => '')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', lock => NULL)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', dry_run => true, lock => 'TABLE')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', dry_run => true, lock => 'Rows')$$);
+SELECT t($$SELECT * FROM nudge_refit(0, lock => 'none')$$);
+SELECT t($$SELECT nudge_revert(0, lock => 'row')$$);
+SELECT nudge_revert(0, lock => NULL) IS NULL AS revert_with_null_lock_is_null;
+
 -- == what the matrix tried: every bad input failed with a specific SQLSTATE (never the
 -- internal-error class XX) and left its table and nudge.fits as they were
 SELECT count(*) FILTER (WHERE sqlstate IS NOT NULL) AS bad_inputs,

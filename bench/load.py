@@ -1,6 +1,7 @@
 """Load test of online fits (issue 12): an application keeps reading and writing a corpus with
-a pgvector HNSW index before, during and after a nudge_fit, in strict mode (lock => 'table')
-and online mode (lock => 'rows'), in one run, on the same table.
+a pgvector HNSW index before, during and after a nudge_fit, in strict mode (lock => 'table'),
+online mode (lock => 'rows') and staged mode (staged => true, then CALL nudge_apply: the write
+in batches of 256 rows, each committed on its own), in one run, on the same table.
 
 The application: READERS connections doing k-NN reads (`ORDER BY embedding <=> $1 LIMIT 10`,
 through the HNSW index) and WRITERS connections doing INSERTs of new rows and UPDATEs of the
@@ -33,10 +34,12 @@ from common import DIM, connect, ensure_db, log, machine, vec_text, write_json
 INSERT_BASE = 10**9  # ids of rows the application inserts
 
 
-def fit_sql(name, lock):
+def fit_sql(name, mode):
+    """The fit of a mode: 'table', 'rows' or 'staged' (lock => 'rows', staged => true)."""
+    lock, staged = ("rows", True) if mode == "staged" else (mode, False)
     return (f"SELECT fit_id, records_changed, rows_skipped, seconds FROM nudge_fit('{name}_docs', 'embedding', "
             f"'{name}_train_queries', '{name}_train_qrels', validation_queries => '{name}_val_queries', "
-            f"validation_qrels => '{name}_val_qrels', lock => '{lock}')")
+            f"validation_qrels => '{name}_val_qrels', lock => '{lock}', staged => {staged})")
 
 
 class App:
@@ -148,6 +151,10 @@ def run_mode(name, lock, app, phase_seconds, fit_threads):
                              if d.message_primary.count(": ") >= 2 else None)
         t0 = time.monotonic()
         fit_id, changed, skipped, secs = c.execute(fit_sql(name, lock)).fetchone()
+        if lock == "staged":  # the write: nudge_apply, committing every batch
+            marks["writing rows"] = time.monotonic()
+            c.execute("SET nudge.progress = off")
+            skipped = c.execute("CALL nudge_apply(%s)", (fit_id,)).fetchone()[1]
         t1 = time.monotonic()
     t_write = marks.get("writing rows", t1)
     time.sleep(phase_seconds)
@@ -190,7 +197,7 @@ def main():
     ap.add_argument("--writers", type=int, default=2)
     ap.add_argument("--read-rate", type=float, default=20, help="k-NN reads per second per reader")
     ap.add_argument("--write-rate", type=float, default=10, help="writes per second per writer")
-    ap.add_argument("--modes", default="table,rows")
+    ap.add_argument("--modes", default="table,rows,staged")
     ap.add_argument("--fit-threads", type=int, default=0, help="nudge.threads of the fit (0: one per CPU)")
     ap.add_argument("--no-vacuum", action="store_true", help="ANALYZE only before the run (an HNSW vacuum can take minutes)")
     a = ap.parse_args()

@@ -43,7 +43,7 @@ CREATE TABLE nudge.fits (
     curve               jsonb,
     seconds             float8      NOT NULL,
     status              text        NOT NULL
-                        CHECK (status IN ('applied', 'dry_run', 'reverted')),
+                        CHECK (status IN ('applied', 'dry_run', 'reverted', 'staged')),
     created_at          timestamptz NOT NULL DEFAULT now(),
     created_by          name        NOT NULL DEFAULT current_user,
     reverted_at         timestamptz,
@@ -54,6 +54,7 @@ CREATE TABLE nudge.fits (
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
 COMMENT ON COLUMN nudge.fits.folds IS 'Fold count when gamma was chosen by k-fold cross-validation (the default without validation tables or validation_fraction)';
+COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing written), staged (computed, its rows written by CALL nudge_apply in short transactions; rows_written and rows_skipped count the batches committed so far) or reverted';
 COMMENT ON COLUMN nudge.fits.update_from IS 'Whose labels moved the records: train (the held-out queries only chose gamma) or all';
 
 CREATE TABLE nudge.fit_backups (
@@ -75,8 +76,26 @@ COMMENT ON TABLE nudge.fit_backups IS 'Vectors as they were before an in-place f
 ALTER TABLE nudge.fit_backups ALTER COLUMN original SET STORAGE EXTERNAL,
                               ALTER COLUMN original_double SET STORAGE EXTERNAL;
 
+-- A staged fit (nudge_fit(staged => true)): the rows it will write, with the vector to write
+-- and where and what the row was when the fit read it; nudge_apply writes them batch by batch,
+-- each batch in its own transaction, and deletes them here as it goes.
+CREATE TABLE nudge.fit_staged (
+    fit_id     bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    corpus     regclass NOT NULL,
+    row_id     text     NOT NULL,
+    row_tableoid oid,            -- the row version read: plain tables
+    row_ctid   tid,
+    dist       text,             -- the distribution column's value as text: Citus tables by another column
+    read       bigint   NOT NULL,  -- nudge_digest of the embedding as the fit read it
+    vector     real[]   NOT NULL,
+    PRIMARY KEY (fit_id, row_id)
+) WITH (toast_tuple_target = 8160);
+ALTER TABLE nudge.fit_staged ALTER COLUMN vector SET STORAGE EXTERNAL;
+COMMENT ON TABLE nudge.fit_staged IS 'Rows a staged fit has yet to write: the nudged vector, and the row version and nudge_digest of the value the fit read (the compare-and-set of nudge_apply)';
+
 GRANT SELECT, INSERT ON nudge.fits TO PUBLIC;
-GRANT UPDATE (status, reverted_at) ON nudge.fits TO PUBLIC;  -- nudge_revert
+GRANT UPDATE (status, reverted_at, rows_written, rows_skipped) ON nudge.fits TO PUBLIC;  -- nudge_revert, nudge_apply
+GRANT SELECT, INSERT, DELETE ON nudge.fit_staged TO PUBLIC;
 GRANT USAGE, SELECT ON SEQUENCE nudge.fits_fit_id_seq TO PUBLIC;
 GRANT SELECT, INSERT ON nudge.fit_backups TO PUBLIC;
 
@@ -86,9 +105,29 @@ CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT
            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
                             WHERE c.oid = corpus AND c.relrowsecurity
                               AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))));
+-- Backups go under the fit this session just drew, or under a staged fit of this role that
+-- nudge_apply is writing (in later transactions, possibly another session).
 CREATE POLICY fit_backups_write ON nudge.fit_backups FOR INSERT
     WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE')
+                AND CASE WHEN EXISTS (SELECT 1 FROM nudge.fits AS f
+                                       WHERE f.fit_id = fit_backups.fit_id AND f.corpus = fit_backups.corpus
+                                         AND f.status = 'staged' AND f.created_by = current_user)
+                         THEN true  -- (first: currval fails in a session that drew no fit)
+                         ELSE fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass) END);
+
+-- The staged rows: readable like backups; written only under the fit this session just drew;
+-- deleted by roles that may UPDATE the table (nudge_apply, nudge_revert).
+ALTER TABLE nudge.fit_staged ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fit_staged_read ON nudge.fit_staged FOR SELECT
+    USING (pg_catalog.has_table_privilege(corpus, 'SELECT')
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
+                            WHERE c.oid = corpus AND c.relrowsecurity
+                              AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))));
+CREATE POLICY fit_staged_write ON nudge.fit_staged FOR INSERT
+    WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE')
                 AND fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass));
+CREATE POLICY fit_staged_delete ON nudge.fit_staged FOR DELETE
+    USING (pg_catalog.has_table_privilege(corpus, 'UPDATE'));
 
 ALTER TABLE nudge.fits ENABLE ROW LEVEL SECURITY;
 CREATE POLICY fits_read ON nudge.fits FOR SELECT USING (true);
@@ -103,3 +142,4 @@ CREATE POLICY fits_revert ON nudge.fits FOR UPDATE
 SELECT pg_catalog.pg_extension_config_dump('nudge.fits', '');
 SELECT pg_catalog.pg_extension_config_dump('nudge.fits_fit_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('nudge.fit_backups', '');
+SELECT pg_catalog.pg_extension_config_dump('nudge.fit_staged', '');

@@ -71,7 +71,7 @@ BEGIN
 
     SELECT pg_catalog.max(g.fit_id) INTO later FROM nudge.fits AS g
      WHERE g.corpus = f.corpus AND g.embedding = f.embedding AND g.target IS NULL
-       AND g.status = 'applied' AND g.fit_id > f.fit_id;
+       AND g.status IN ('applied', 'staged') AND g.fit_id > f.fit_id;
     IF later IS NOT NULL THEN
         RAISE EXCEPTION 'fit % was followed by fit % on the same column', f.fit_id, later
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -155,6 +155,8 @@ BEGIN
         END LOOP;
     END IF;
 
+    -- A staged fit: the rows nudge_apply has not written yet are dropped.
+    DELETE FROM nudge.fit_staged AS s WHERE s.fit_id = f.fit_id;
     UPDATE nudge.fits AS x SET status = 'reverted', reverted_at = pg_catalog.now() WHERE x.fit_id = f.fit_id;
     IF restored < backups THEN
         RAISE NOTICE 'nudge: % of % backed-up rows of fit % were changed or deleted since the fit and were left as they are',

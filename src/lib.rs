@@ -26,6 +26,7 @@ mod write;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["catalog"]);
+extension_sql_file!("../sql/apply.sql", name = "apply", requires = ["catalog", fit::stage::nudge_apply_step]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -17,7 +17,9 @@
 //! EvalPlanQual re-checks the ctid on the new version, which has another one). The version
 //! cannot be pruned and its slot reused meanwhile: the fit's statement snapshot holds back
 //! the xmin horizon, and its lock keeps VACUUM out. Any update of the row counts, also one of
-//! another column. Citus tables are addressed by key, so there the embedding itself is
+//! another column. A staged fit's rows are written in later transactions (fit/stage.rs), when
+//! the slot may have been reused: there the row at that ctid must also have the id and the
+//! embedding (digest) the fit read. Citus tables are addressed by key, so there the embedding itself is
 //! compared: `nudge_digest` of its value as `real[]` against the digest of what the fit read.
 //!
 //! Into a target column: every row not written with a nudged/original vector gets a copy
@@ -66,11 +68,21 @@ struct Addressing {
     matches: String,
 }
 
-fn addressing(placement: &Placement, id: &Column, col: &Column, kind: VecKind) -> Addressing {
+fn addressing(placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> Addressing {
     match placement {
-        Placement::Local => Addressing {
+        Placement::Local if since == Since::ThisTransaction => Addressing {
             input: "unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)",
             matches: "t.tableoid = i.toid AND t.ctid = i.tid".into(),
+        },
+        // A row version read by an earlier transaction: its slot may have been pruned and
+        // reused since, so the id and the value are compared too.
+        Placement::Local => Addressing {
+            input: "unnest($2::tid[], $3::oid[], $7::int8[], $8::text[]) WITH ORDINALITY AS u(tid, toid, digest, id, ord)",
+            matches: format!(
+                "t.tableoid = i.toid AND t.ctid = i.tid AND t.{}::text = i.id AND {}",
+                id.ident,
+                unchanged(col, kind, "i.digest")
+            ),
         },
         Placement::Citus { dist, .. } => Addressing {
             input: "unnest($2::text[], $3::text[], $7::int8[]) WITH ORDINALITY AS u(id, dist, digest, ord)",
@@ -183,6 +195,14 @@ fn real_array(values: &[f32]) -> DatumWithOid<'static> {
 /// Stand-in for a NULL element: a NaN payload no stored vector holds (nudge never writes NaN).
 const NULL_ELEMENT: f64 = f64::from_bits(0x7FF8_0000_DEAD_0001);
 
+/// When the rows to write were read: by this transaction (under the fit's lock, which keeps
+/// VACUUM out), or by an earlier one (a staged fit, `nudge_apply`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    ThisTransaction,
+    EarlierTransaction,
+}
+
 /// Overwrite `col` in place for `rows` still holding what the fit read, backing up the
 /// previous values under `fit_id`; returns the rows written.
 #[allow(clippy::too_many_arguments)]
@@ -194,9 +214,10 @@ pub fn write_in_place(
     kind: VecKind,
     fit_id: i64,
     rows: &[RowWrite],
+    since: Since,
     reporter: &mut Reporter,
 ) -> i64 {
-    let sql = in_place_sql(placement, id, col, kind);
+    let sql = in_place_sql(placement, id, col, kind, since);
     if rows.is_empty() {
         return 0;
     }
@@ -209,6 +230,7 @@ pub fn write_in_place(
             let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
             let [at1, at2] = address_args(chunk);
             let read: Vec<i64> = chunk.iter().map(|r| r.read).collect();
+            let ids: Vec<String> = chunk.iter().map(|r| r.addr.id.clone()).collect();
             let args: Vec<DatumWithOid> = vec![
                 real_array(&vectors),
                 at1,
@@ -217,6 +239,7 @@ pub fn write_in_place(
                 unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
                 (dim as i32).into(),
                 read.into(),
+                ids.into(),
             ];
             if stmt.is_none() {
                 let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
@@ -234,8 +257,8 @@ pub fn write_in_place(
 
 /// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
 /// `real[]`), `$2`/`$3` the addresses, `$4` the fit, `$5` the table, `$6` the dimension, `$7`
-/// the digests read (by key).
-fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind) -> String {
+/// the digests read, `$8` the ids (those two where [`addressing`] compares values).
+fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> String {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
     // TID scan (or, on Citus, the key) finds each row. (Measured against one statement per row:
@@ -244,7 +267,7 @@ fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind)
     // as an intermediate result, while a parameter of the UPDATE goes with each of its shard
     // tasks (SciFact over 32 shards: 1.2 s per batch of 256 rows that way).
     let backup_col = backup_expr("t", col, kind).1;
-    let Addressing { input, matches } = addressing(placement, id, col, kind);
+    let Addressing { input, matches } = addressing(placement, id, col, kind, since);
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",
         rel = col.rel_sql,

@@ -57,7 +57,7 @@ pub fn write(corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Rep
         return Written { rows: 0, skipped: 0 };
     }
     let written = match &corpus.target {
-        None => write::write_in_place(corpus.oid, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, reporter),
+        None => write::write_in_place(corpus.oid, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, write::Since::ThisTransaction, reporter),
         Some(t) => write::write_target(&corpus.placement, &corpus.id, &corpus.emb, corpus.kind, t, rows, reporter),
     };
     let skipped = rows.len() as i64 - written;

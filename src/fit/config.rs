@@ -35,6 +35,8 @@ pub struct FitArgs<'a> {
     pub refit_of: Option<i64>,
     /// How a writing fit locks the corpus (online 'rows' or strict 'table').
     pub lock: super::inputs::Lock,
+    /// Compute and keep the rows to write in `nudge.fit_staged`; `nudge_apply` writes them.
+    pub staged: bool,
 }
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given

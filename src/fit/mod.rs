@@ -29,6 +29,7 @@ mod originals;
 mod pass;
 mod pushdown;
 mod record;
+pub(crate) mod stage;
 
 use nudge_core::gamma::{FitPass, Selection};
 use nudge_core::kfold::KFoldPass;
@@ -74,6 +75,7 @@ fn nudge_fit(
     folds: default!(Option<i32>, "NULL"),
     update_from: default!(Option<&str>, "NULL"),
     lock: default!(Option<&str>, "'rows'"),
+    staged: default!(Option<bool>, false),
 ) -> TableIterator<
     'static,
     (
@@ -110,6 +112,7 @@ fn nudge_fit(
         update_from,
         refit_of: None,
         lock: inputs::Lock::parse(required(lock, "lock")),
+        staged: required(staged, "staged"),
     };
     TableIterator::once(run(&args))
 }
@@ -164,6 +167,7 @@ fn nudge_refit(
         update_from: r.update_from.as_deref(),
         refit_of: Some(fit_id),
         lock,
+        staged: false,
     };
     TableIterator::once(run(&args))
 }
@@ -242,7 +246,13 @@ fn run(a: &FitArgs) -> FitRow {
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
     let update_from = config::parse_update_from(a, &config);
+    if a.staged {
+        stage::check_args(a.dry_run, a.target, a.lock);
+    }
     let corpus = inputs::resolve(a);
+    if corpus.writing {
+        stage::refuse_while_staged(a.corpus, &corpus.emb.name);
+    }
 
     reporter.report("reading queries", 0, None);
     let split = config::split(a, &config);
@@ -279,7 +289,12 @@ fn run(a: &FitArgs) -> FitRow {
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 
     let fit_id = record::next_fit_id();
-    let written = apply::write(&corpus, fit_id, &rows, &mut reporter);
+    let written = if a.staged {
+        stage::stage(&corpus, fit_id, &rows, &mut reporter);
+        apply::Written { rows: 0, skipped: 0 }
+    } else {
+        apply::write(&corpus, fit_id, &rows, &mut reporter)
+    };
     let seconds = reporter.elapsed();
     record::insert(
         a,

@@ -71,7 +71,14 @@ pub fn insert(a: &FitArgs, d: &Done) {
             d.outcome.validation_before.into(),
             d.outcome.validation_after.into(),
             curve.into(),
-            (if a.dry_run { "dry_run" } else { "applied" }).into(),
+            (if a.dry_run {
+                "dry_run"
+            } else if a.staged {
+                "staged"
+            } else {
+                "applied"
+            })
+            .into(),
             d.fit_id.into(),
             d.seconds.into(),
             a.refit_of.into(),

@@ -449,3 +449,37 @@ def test_online_fit_keeps_application_writes(cluster, table):
         conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s) OR id = 'app-new'", (moved,))
         conn.cursor().executemany(f"INSERT INTO {table} (id, tenant, embedding, nudged) VALUES (%s, %s, %s, %s)", saved)
         assert table_md5(conn, table) == before
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
+def test_staged_fit_applied_in_batches(cluster, table):
+    """A staged fit of a distributed table, applied by nudge_apply in batches of 50 rows (each
+    committed through the coordinator): the rows equal the one-node fit's, a moved row whose
+    embedding the application changed after staging is skipped, revert restores the rest."""
+    conn = cluster
+    before = table_md5(conn, table)
+    local_fit = fit(conn, "docs_local")["fit_id"]
+    nudged_local = vectors(conn, "docs_local")
+    moved = [r for (r,) in conn.execute("SELECT row_id FROM nudge.fit_backups WHERE fit_id = %s ORDER BY row_id LIMIT 1",
+                                        (local_fit,))]
+    conn.execute("SELECT nudge_revert(%s)", (local_fit,))
+    saved = conn.execute(f"SELECT id, tenant, embedding::text, nudged::text FROM {table} WHERE id = ANY(%s)",
+                         (moved,)).fetchall()
+    app_vec = vec_text(np.full(DIM, 1 / np.sqrt(DIM), dtype=np.float32))
+    try:
+        staged = fit(conn, table, staged=True)
+        fit_id, n = staged["fit_id"], staged["records_changed"]
+        assert conn.execute("SELECT status, rows_written FROM nudge.fits WHERE fit_id = %s", (fit_id,)).fetchone() == ("staged", 0)
+        assert table_md5(conn, table) == before
+        conn.execute(f"UPDATE {table} SET embedding = %s WHERE id = %s", (app_vec, moved[0]))
+        assert conn.execute(f"CALL nudge_apply({fit_id}, batch_rows => 50)").fetchone() == (n - 1, 1)
+        got = vectors(conn, table)
+        assert np.array_equal(got[moved[0]], parse_vec(app_vec))
+        del got[moved[0]]
+        assert_same_vectors(got, {k: v for k, v in nudged_local.items() if k != moved[0]})
+        assert conn.execute("SELECT nudge_revert(%s)", (fit_id,)).fetchone()[0] == n - 1
+        assert np.array_equal(vectors(conn, table)[moved[0]], parse_vec(app_vec))
+    finally:
+        conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", (moved,))
+        conn.cursor().executemany(f"INSERT INTO {table} (id, tenant, embedding, nudged) VALUES (%s, %s, %s, %s)", saved)
+        assert table_md5(conn, table) == before

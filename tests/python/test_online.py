@@ -258,3 +258,128 @@ def test_online_fit_into_a_target_column(online):
     # every other row present when the fit wrote has its nudged or copied vector; the new row none
     assert c.execute("SELECT count(*) FROM t_tgt WHERE nudged IS NULL").fetchone()[0] == 1
     assert c.execute("SELECT count(*) FROM t_tgt WHERE id <= %s AND nudged <> embedding", (W,)).fetchone()[0] == W - 1
+
+
+# --- staged fits: nudge_fit(..., staged => true), then CALL nudge_apply in short transactions
+
+def staged_fit_sql(table):
+    return write_fit_sql(table, 0.4).replace("negative_rule", "staged => true, negative_rule")
+
+
+def text_order(ids):
+    """nudge_apply writes a fit's rows in row id text order."""
+    return sorted(ids, key=str)
+
+
+def test_staged_fit_keeps_no_row_locked_past_its_batch(online):
+    """A staged fit writes nothing; nudge_apply writes it in batches, each committed: an
+    application UPDATE of a row an earlier batch wrote succeeds with lock_timeout = '100ms'
+    while the apply is still going (in one transaction it would wait for the whole write).
+    Rows the application changed before nudge_apply reached them are skipped; the rest equal
+    the unstaged fit's; revert restores exactly what the fit wrote."""
+    c = online
+    copy_table(c, "base", "t_st")
+    copy_table(c, "base", "t_st_alone")
+    c.execute(write_fit_sql("t_st_alone", 0.4)).fetchall()
+    alone = rows(c, "t_st_alone")
+    before = rows(c, "t_st")
+
+    r = c.execute(staged_fit_sql("t_st")).fetchone()
+    fit_id, changed, skipped = r[0], r[3], r[7]
+    assert (changed, skipped) == (W, 0)
+    assert rows(c, "t_st") == before                                    # staged: nothing written
+    assert c.execute("SELECT status, rows_written FROM nudge.fits WHERE fit_id = %s", (fit_id,)).fetchone() == ("staged", 0)
+    assert c.execute("SELECT count(*) FROM nudge.fit_staged WHERE fit_id = %s", (fit_id,)).fetchone()[0] == W
+    # no other fit or revert of the column while it is staged
+    assert app(DB, [write_fit_sql("t_st", 0.4)]) == ["55006"]
+
+    # the application changes rows after the fit read them, before nudge_apply
+    assert app(DB, [f"UPDATE t_st SET embedding = '{APP_VEC}' WHERE id IN (6, 1500)",
+                    "UPDATE t_st SET note = 'app' WHERE id = 8",
+                    "DELETE FROM t_st WHERE id = 9",
+                    f"INSERT INTO t_st VALUES ({N + 1}, '{APP_VEC}', 'app')"]) == [None] * 4
+
+    # hold nudge_apply on row 5: batches of 100 rows in text order, so 14 batches commit first
+    order = text_order(range(1, W + 1))
+    pos = order.index(5)
+    committed, in_flight = order[:pos // 100 * 100], order[pos // 100 * 100:pos // 100 * 100 + 100]
+    hold = RowLock(DB, "t_st", 5)
+    apply = Call(DB, f"CALL nudge_apply({fit_id}, batch_rows => 100)")
+    apply.start()
+    wait_until(lambda: waits_on_lock(c, apply.pid, "row"), "nudge_apply to wait on row 5")
+    status, written = c.execute("SELECT status, rows_written + rows_skipped FROM nudge.fits WHERE fit_id = %s",
+                                (fit_id,)).fetchone()
+    assert status == "staged" and written == len(committed) == 1400, (status, written)
+    later = next(i for i in order[pos // 100 * 100 + 100:] if i not in (6, 8, 9, 1500))
+    done = [i for i in committed if i not in (6, 8, 9, 1500)][:2]
+    assert not {later, *done} & set(in_flight)
+    # rows an earlier batch wrote are not locked any more; a row not reached yet neither
+    errors = app(DB, [f"UPDATE t_st SET embedding = '{APP_VEC}' WHERE id = {done[0]}",
+                      f"UPDATE t_st SET note = 'app' WHERE id = {done[1]}",
+                      f"UPDATE t_st SET embedding = '{APP_VEC}' WHERE id = {later}"], timeout="100ms")
+    assert errors == [None] * 3, errors
+    hold.release()
+    apply.finish()
+    assert apply.error is None, apply.error
+    skipped_ids = {6, 8, 9, 1500, later}
+    assert apply.result == [(W - len(skipped_ids), len(skipped_ids))]
+    assert any(f"{len(skipped_ids)} of {W} rows to write were changed" in m for _, m in apply.notices), apply.notices
+    assert c.execute("SELECT status, rows_written, rows_skipped FROM nudge.fits WHERE fit_id = %s",
+                     (fit_id,)).fetchone() == ("applied", W - len(skipped_ids), len(skipped_ids))
+    assert c.execute("SELECT count(*) FROM nudge.fit_staged WHERE fit_id = %s", (fit_id,)).fetchone()[0] == 0
+    backed_up = {int(r) for (r,) in c.execute("SELECT row_id FROM nudge.fit_backups WHERE fit_id = %s", (fit_id,))}
+    assert backed_up == set(range(1, W + 1)) - skipped_ids
+
+    after = rows(c, "t_st")
+    for i in (6, 1500, done[0], later, N + 1):
+        assert after[i][0] == APP_VEC, i
+    assert after[8] == (before[8][0], "app") and after[done[1]] == (alone[done[1]][0], "app") and 9 not in after
+    for i, v in after.items():
+        if i not in skipped_ids | {done[0], done[1], N + 1}:
+            assert v == alone[i], i
+
+    # revert: the rows still holding what the fit wrote go back (also done[1], whose note the
+    # application changed); the others keep the application's values
+    assert c.execute("SELECT nudge_revert(%s)", (fit_id,)).fetchone()[0] == W - len(skipped_ids) - 1
+    reverted = rows(c, "t_st")
+    expect = {i: v for i, v in before.items() if i != 9}
+    expect.update({i: after[i] for i in (6, 8, 1500, later, done[0], N + 1)})
+    expect[done[1]] = (before[done[1]][0], "app")
+    assert reverted == expect
+
+
+def test_interrupted_apply_goes_on_or_reverts(online):
+    """A cancelled nudge_apply leaves its committed batches and the fit staged: another
+    session's CALL nudge_apply finishes it (the same vectors as an unstaged fit), or
+    nudge_revert puts the table back as it was."""
+    c = online
+    copy_table(c, "base", "t_int_alone")
+    c.execute(write_fit_sql("t_int_alone", 0.4)).fetchall()
+    alone = rows(c, "t_int_alone")
+    for finish in ("apply", "revert"):
+        t = f"t_int_{finish}"
+        copy_table(c, "base", t)
+        before = rows(c, t)
+        fit_id = c.execute(staged_fit_sql(t)).fetchone()[0]
+        hold = RowLock(DB, t, 5)
+        apply = Call(DB, f"CALL nudge_apply({fit_id}, batch_rows => 100)")
+        apply.start()
+        wait_until(lambda: waits_on_lock(c, apply.pid, "row"), "nudge_apply to wait on row 5")
+        c.execute("SELECT pg_cancel_backend(%s)", (apply.pid,))
+        apply.finish()
+        hold.release()
+        assert sqlstate(apply.error) == "57014", apply.error
+        assert c.execute("SELECT status, rows_written FROM nudge.fits WHERE fit_id = %s", (fit_id,)).fetchone() == ("staged", 1400)
+        part = rows(c, t)
+        assert sum(part[i] != before[i] for i in before) == 1400
+        if finish == "apply":
+            with connect(DB) as other:
+                assert other.execute(f"CALL nudge_apply({fit_id})").fetchone() == (W, 0)
+            assert rows(c, t) == alone
+            assert c.execute("SELECT status FROM nudge.fits WHERE fit_id = %s", (fit_id,)).fetchone()[0] == "applied"
+        else:
+            assert c.execute("SELECT nudge_revert(%s)", (fit_id,)).fetchone()[0] == 1400
+            assert rows(c, t) == before
+            assert c.execute("SELECT count(*) FROM nudge.fit_staged WHERE fit_id = %s", (fit_id,)).fetchone()[0] == 0
+            # the column is free again
+            assert c.execute(write_fit_sql(t, 0.4)).fetchone()[7] == 0

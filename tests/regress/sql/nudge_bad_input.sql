@@ -317,6 +317,33 @@ SELECT t($$SELECT * FROM nudge_refit(0, lock => 'none')$$);
 SELECT t($$SELECT nudge_revert(0, lock => 'row')$$);
 SELECT nudge_revert(0, lock => NULL) IS NULL AS revert_with_null_lock_is_null;
 
+-- == staged => true: the fit is computed and kept in nudge.fit_staged, the table untouched;
+-- CALL nudge_apply writes it in short transactions (not inside a transaction block: it
+-- commits). Not with a dry run, a target column or lock => 'table'; while a fit of a column
+-- is staged, no other fit of it starts
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', staged => true, dry_run => true)$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', staged => true, target => 'embedding')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', staged => true, lock => 'table')$$);
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', staged => NULL)$$);
+CREATE TABLE r_staged AS SELECT * FROM docs;
+SELECT t($$SELECT * FROM nudge_fit('r_staged', 'embedding', 'q', 'qrels', gamma => 0.2, staged => true)$$, 'r_staged');
+SELECT currval('nudge.fits_fit_id_seq') AS staged \gset
+SELECT status, rows_written, records_changed = (SELECT count(*) FROM nudge.fit_staged s WHERE s.fit_id = f.fit_id) AS all_staged
+  FROM nudge.fits f WHERE fit_id = :staged;
+SELECT t($$SELECT * FROM nudge_fit('r_staged', 'embedding', 'q', 'qrels', gamma => 0.2)$$, 'r_staged');
+SELECT t('SELECT * FROM nudge_refit(' || :staged || ')', 'r_staged');
+SELECT t('CALL nudge_apply(' || :staged || ', 0)', 'r_staged');
+SELECT t('CALL nudge_apply(' || :staged || ')', 'r_staged');
+SELECT t('CALL nudge_apply(NULL)', 'r_staged');
+SELECT t('CALL nudge_apply(0)', 'r_staged');
+SELECT t('CALL nudge_apply(1001)', 'r_staged');
+CALL nudge_apply(:staged, batch_rows => 2);
+SELECT status, rows_written = records_changed AS all_written, rows_skipped FROM nudge.fits WHERE fit_id = :staged;
+SELECT t('CALL nudge_apply(' || :staged || ')', 'r_staged');
+SELECT nudge_revert(:staged) > 0 AS reverted;
+DELETE FROM nudge.fits WHERE fit_id = :staged;
+DROP TABLE r_staged;
+
 -- == what the matrix tried: every bad input failed with a specific SQLSTATE (never the
 -- internal-error class XX) and left its table and nudge.fits as they were
 SELECT count(*) FILTER (WHERE sqlstate IS NOT NULL) AS bad_inputs,

@@ -168,6 +168,18 @@ SELECT count(*) > 0 AS writer_sees_backups FROM nudge.fit_backups WHERE corpus =
 RESET ROLE;
 SELECT status, created_by FROM nudge.fits WHERE corpus = 'docs'::regclass AND status <> 'dry_run' ORDER BY fit_id;
 
+-- == staged fits: a reader can neither stage a fit nor apply the owner's
+SELECT fit_id AS staged_fit FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.2, staged => true) \gset
+SET ROLE nudge_reader;
+SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.3, staged => true)$$);
+SELECT t('CALL nudge_apply(' || :staged_fit || ')');
+SELECT count(*) > 0 AS reader_sees_staged_rows FROM nudge.fit_staged WHERE fit_id = :staged_fit;
+RESET ROLE;
+SET ROLE nudge_outsider;
+SELECT count(*) AS outsider_sees_staged_rows FROM nudge.fit_staged;
+RESET ROLE;
+SELECT nudge_revert(:staged_fit) = 0 AS staged_fit_dropped;
+
 -- == a corpus with row-level security: SELECT on the table is not enough to see the backups
 -- (they hold vectors of rows the policy hides); its owner sees them
 CREATE TABLE docs_rls AS SELECT id, embedding FROM docs;

@@ -119,12 +119,13 @@ fn nudge_fit(
 
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
 /// from the original vectors (as every fit does) and is recorded as a new fit. `lock` is the
-/// call's own (not the recorded fit's).
+/// call's own (not the recorded fit's), and so is `staged`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn nudge_refit(
     fit_id: i64,
     dry_run: default!(bool, false),
     lock: default!(&str, "'rows'"),
+    staged: default!(bool, false),
 ) -> TableIterator<
     'static,
     (
@@ -167,7 +168,7 @@ fn nudge_refit(
         update_from: r.update_from.as_deref(),
         refit_of: Some(fit_id),
         lock,
-        staged: false,
+        staged,
     };
     TableIterator::once(run(&args))
 }

@@ -341,6 +341,11 @@ CALL nudge_apply(:staged, batch_rows => 2);
 SELECT status, rows_written = records_changed AS all_written, rows_skipped FROM nudge.fits WHERE fit_id = :staged;
 SELECT t('CALL nudge_apply(' || :staged || ')', 'r_staged');
 SELECT nudge_revert(:staged) > 0 AS reverted;
+SELECT t('SELECT * FROM nudge_refit(' || :staged || ', staged => true)', 'r_staged');
+SELECT status, refit_of = :staged AS refit FROM nudge.fits WHERE fit_id = currval('nudge.fits_fit_id_seq');
+SELECT t('SELECT * FROM nudge_refit(' || :staged || ', staged => true, dry_run => true)', 'r_staged');
+SELECT nudge_revert(currval('nudge.fits_fit_id_seq')) = 0 AS staged_refit_dropped;
+DELETE FROM nudge.fits WHERE refit_of = :staged;
 DELETE FROM nudge.fits WHERE fit_id = :staged;
 DROP TABLE r_staged;
 

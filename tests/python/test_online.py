@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_safety import (KEEP, Call, RowLock, connect, copy_table, fingerprint, make_corpus,
+from test_safety import (KEEP, Call, RowLock, connect, copy_table, fingerprint, fresh_db, make_corpus,
                          make_labels, sqlstate, wait_until, waits_on_lock, write_fit_sql)
 
 DB = "nudge_online"
@@ -24,12 +24,7 @@ APP_VEC = "{0.25,-0.5,1,0,0,0,0,0,0,0,0,0,0,0,0,0.125}"
 
 @pytest.fixture(scope="module")
 def online(db):
-    from psycopg import sql
-    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    conn = connect(DB)
-    KEEP.add(conn.info.backend_pid)
-    conn.execute("CREATE EXTENSION nudge")
+    conn = fresh_db(db, DB)
     conn.execute("SET nudge.progress = off")
     make_corpus(conn, "base", N, DIM)
     conn.execute("ALTER TABLE base ADD COLUMN note text")

@@ -217,16 +217,23 @@ def no_leftovers(db):
 SAFETY_DB = "nudge_safety"
 
 
+def fresh_db(db, name):
+    """Database `name`, created anew with the extension; a connection to it (kept open by the
+    module: not terminated between tests)."""
+    from psycopg import sql
+    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn = connect(name)
+    KEEP.add(conn.info.backend_pid)
+    conn.execute("CREATE EXTENSION nudge")
+    return conn
+
+
 @pytest.fixture(scope="module")
 def safety(db):
     """A database of its own with the corpus for cancellation (`big`) and a small one for
     the concurrency tests (`small`, copied per test)."""
-    from psycopg import sql
-    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SAFETY_DB)))
-    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SAFETY_DB)))
-    conn = connect(SAFETY_DB)
-    KEEP.add(conn.info.backend_pid)
-    conn.execute("CREATE EXTENSION nudge")
+    conn = fresh_db(db, SAFETY_DB)
     make_corpus(conn, "big", N, DIM)
     make_labels(conn, N, DIM, Q, LABELS, W)
     make_corpus(conn, "tiny", 100, DIM)
@@ -239,13 +246,8 @@ def safety(db):
 @pytest.fixture(scope="module")
 def small_db(db):
     """A database with a small corpus `small` (SMALL_N rows) and its labels."""
-    from psycopg import sql
     name = "nudge_safety_small"
-    db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conn = connect(name)
-    KEEP.add(conn.info.backend_pid)
-    conn.execute("CREATE EXTENSION nudge")
+    conn = fresh_db(db, name)
     conn.execute("SET nudge.progress = off")
     make_corpus(conn, "small", SMALL_N, 16)
     make_labels(conn, SMALL_N, 16, 1000, 3, SMALL_W)

@@ -102,7 +102,7 @@ GRANT SELECT, INSERT ON nudge.fit_backups TO PUBLIC;
 -- Whether the current role may read vectors of `corpus` kept in the catalog (backups, staged
 -- rows): it may SELECT the table, and the table has no row-level security of its own that
 -- applies to the role (those vectors include rows the policy hides).
-CREATE FUNCTION nudge.may_read_vectors_of(corpus regclass) RETURNS boolean
+CREATE FUNCTION nudge.nudge_may_read_vectors(corpus regclass) RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
     SELECT pg_catalog.has_table_privilege(corpus, 'SELECT')
@@ -112,7 +112,7 @@ AS $$
 $$;
 
 ALTER TABLE nudge.fit_backups ENABLE ROW LEVEL SECURITY;
-CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT USING (nudge.may_read_vectors_of(corpus));
+CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
 -- Backups go under the fit this session just drew, or under a staged fit of this role that
 -- nudge_apply is writing (in later transactions, possibly another session).
 CREATE POLICY fit_backups_write ON nudge.fit_backups FOR INSERT
@@ -126,7 +126,7 @@ CREATE POLICY fit_backups_write ON nudge.fit_backups FOR INSERT
 -- The staged rows: readable like backups; written only under the fit this session just drew;
 -- deleted by roles that may UPDATE the table (nudge_apply, nudge_revert).
 ALTER TABLE nudge.fit_staged ENABLE ROW LEVEL SECURITY;
-CREATE POLICY fit_staged_read ON nudge.fit_staged FOR SELECT USING (nudge.may_read_vectors_of(corpus));
+CREATE POLICY fit_staged_read ON nudge.fit_staged FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
 CREATE POLICY fit_staged_write ON nudge.fit_staged FOR INSERT
     WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE')
                 AND fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass));

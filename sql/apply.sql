@@ -6,7 +6,8 @@
 -- block cannot commit (2D000): run it on its own. Interrupted (cancel, error, crash), the
 -- committed batches stay and the fit stays staged: CALL nudge_apply again to go on, or
 -- nudge_revert to undo what was written. No SET clause (a procedure with one cannot commit):
--- references are schema-qualified instead.
+-- references are schema-qualified instead. Progress NOTICEs as nudge_fit's (nudge.progress,
+-- nudge.progress_interval): none before the first interval, then at most one per interval.
 
 CREATE PROCEDURE nudge_apply(fit_id bigint, batch_rows int DEFAULT 256,
                              INOUT rows_written bigint DEFAULT NULL, INOUT rows_skipped bigint DEFAULT NULL)
@@ -14,6 +15,12 @@ LANGUAGE plpgsql
 AS $proc$
 DECLARE
     left_staged bigint;
+    done        bigint;
+    t0          timestamptz := pg_catalog.clock_timestamp();
+    last_report timestamptz := t0;
+    progress    boolean := coalesce(pg_catalog.current_setting('nudge.progress', true)::boolean, true);
+    every       interval := pg_catalog.make_interval(
+                    secs => coalesce(pg_catalog.current_setting('nudge.progress_interval', true)::float8, 2));
 BEGIN
     IF nudge_apply.fit_id IS NULL OR nudge_apply.batch_rows IS NULL THEN
         RAISE EXCEPTION 'fit_id and batch_rows must not be NULL'
@@ -23,6 +30,13 @@ BEGIN
         left_staged := public.nudge_apply_step(nudge_apply.fit_id, nudge_apply.batch_rows);
         COMMIT;
         EXIT WHEN left_staged = 0;
+        IF progress AND pg_catalog.clock_timestamp() - last_report >= every THEN
+            last_report := pg_catalog.clock_timestamp();
+            SELECT f.rows_written + f.rows_skipped INTO done FROM nudge.fits AS f WHERE f.fit_id = nudge_apply.fit_id;
+            RAISE NOTICE 'nudge_apply: writing rows: % of % (%), % s', done, done + left_staged,
+                         pg_catalog.round(100.0 * done / (done + left_staged)) || '%',
+                         pg_catalog.round(EXTRACT(epoch FROM last_report - t0)::numeric, 1);
+        END IF;
     END LOOP;
     SELECT f.rows_written, f.rows_skipped INTO nudge_apply.rows_written, nudge_apply.rows_skipped
       FROM nudge.fits AS f WHERE f.fit_id = nudge_apply.fit_id;

@@ -299,9 +299,13 @@ def test_staged_fit_keeps_no_row_locked_past_its_batch(online):
     pos = order.index(5)
     committed, in_flight = order[:pos // 100 * 100], order[pos // 100 * 100:pos // 100 * 100 + 100]
     hold = RowLock(DB, "t_st", 5)
-    apply = Call(DB, f"CALL nudge_apply({fit_id}, batch_rows => 100)")
+    apply = Call(DB, f"CALL nudge_apply({fit_id}, batch_rows => 100)",
+                 setup=["SET nudge.progress = on", "SET nudge.progress_interval = 0"])
     apply.start()
     wait_until(lambda: waits_on_lock(c, apply.pid, "row"), "nudge_apply to wait on row 5")
+    # progress after every committed batch (interval 0); the rows counted include the skipped
+    wait_until(lambda: apply.notices and apply.notices[-1][1].startswith(f"nudge_apply: writing rows: 1400 of {W} (70%), "),
+               "the progress NOTICE of the 14th batch")
     status, written = c.execute("SELECT status, rows_written + rows_skipped FROM nudge.fits WHERE fit_id = %s",
                                 (fit_id,)).fetchone()
     assert status == "staged" and written == len(committed) == 1400, (status, written)

@@ -138,7 +138,7 @@ fn address_args(rows: &[RowWrite]) -> [DatumWithOid<'static>; 2] {
     }
 }
 
-fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
+pub(crate) fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
     let mut t = pg_sys::ItemPointerData::default();
     pgrx::itemptr::u64_to_item_pointer(tid, &mut t);
     t
@@ -175,7 +175,7 @@ fn nudge_digest_double(values: Array<'_, f64>) -> i64 {
 
 /// A one-dimensional `real[]` holding `values`, built with one copy (pgrx's `Vec<f32>`
 /// conversion appends element by element: ~1 ms for 256 x 384 values).
-fn real_array(values: &[f32]) -> DatumWithOid<'static> {
+pub(crate) fn real_array(values: &[f32]) -> DatumWithOid<'static> {
     // ArrayType header (length, ndim, dataoffset = 0: no NULLs, element type), one dimension
     // and its lower bound: 24 bytes, already MAXALIGNed; then the elements.
     let size = 24 + 4 * values.len();
@@ -230,7 +230,11 @@ pub fn write_in_place(
             let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
             let [at1, at2] = address_args(chunk);
             let read: Vec<i64> = chunk.iter().map(|r| r.read).collect();
-            let ids: Vec<String> = chunk.iter().map(|r| r.addr.id.clone()).collect();
+            // (compared only for rows read by an earlier transaction)
+            let ids: Vec<String> = match since {
+                Since::EarlierTransaction => chunk.iter().map(|r| r.addr.id.clone()).collect(),
+                Since::ThisTransaction => Vec::new(),
+            };
             let args: Vec<DatumWithOid> = vec![
                 real_array(&vectors),
                 at1,

@@ -74,10 +74,8 @@ pub fn stage(corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Rep
         for r in chunk {
             match &r.addr.at {
                 At::Tid { tableoid, tid } => {
-                    let mut t = pg_sys::ItemPointerData::default();
-                    pgrx::itemptr::u64_to_item_pointer(*tid, &mut t);
                     toids.push(Some(*tableoid));
-                    tids.push(Some(t));
+                    tids.push(Some(write::tid_datum(*tid)));
                     dists.push(None);
                 }
                 At::Key { dist } => {
@@ -99,7 +97,7 @@ pub fn stage(corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Rep
                 tids.into(),
                 dists.into(),
                 read.into(),
-                vectors.into(),
+                write::real_array(&vectors),
                 dim.into(),
             ],
         )
@@ -119,29 +117,22 @@ pub fn nudge_apply_step(fit_id: i64, batch_rows: i32) -> i64 {
     if batch_rows < 1 {
         invalid(format!("batch_rows must be at least 1, got {batch_rows}"), "Rows per transaction: 256 is the default.");
     }
-    let fit = Spi::get_three_with_args::<pg_sys::Oid, String, String>(
-        "SELECT corpus::oid, status, embedding FROM nudge.fits WHERE fit_id = $1",
-        &[fit_id.into()],
-    );
-    let (corpus, embedding) = match fit {
-        Ok((Some(c), Some(status), Some(e))) if status == "staged" => (c, e),
-        Ok((Some(_), Some(status), _)) => raise_with(
+    let Some(fit) = StagedFit::read(fit_id) else {
+        raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
+    };
+    if fit.status != "staged" {
+        raise_with(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("fit {fit_id} is not staged (its status is {status})"),
+            format!("fit {fit_id} is not staged (its status is {})", fit.status),
             None,
             Some("nudge_apply writes fits made with nudge_fit(..., staged => true).".into()),
-        ),
-        _ => raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist")),
-    };
-    let (id_column, embedding_type) = Spi::get_two_with_args::<String, String>(
-        "SELECT id_column, embedding_type FROM nudge.fits WHERE fit_id = $1",
-        &[fit_id.into()],
-    )
-    .or_raise();
+        );
+    }
+    let (corpus, embedding) = (fit.corpus, fit.embedding);
     let rel = columns::relation(corpus);
-    let id = rel.column(&id_column.unwrap_or_default(), "the id column of the fit");
+    let id = rel.column(&fit.id_column, "the id column of the fit");
     let (emb, kind) = rel.vector_column(&embedding, "the embedding column of the fit");
-    if Some(&emb.type_sql) != embedding_type.as_ref() {
+    if emb.type_sql != fit.embedding_type {
         raise(
             Code::ERRCODE_DATATYPE_MISMATCH,
             format!("column \"{embedding}\" of {} changed type since fit {fit_id} was staged", rel.sql),
@@ -175,6 +166,40 @@ pub fn nudge_apply_step(fit_id: i64, batch_rows: i32) -> i64 {
     )
     .or_raise();
     left
+}
+
+/// What `nudge_apply_step` needs of a fit's row in `nudge.fits`.
+struct StagedFit {
+    corpus: pg_sys::Oid,
+    embedding: String,
+    embedding_type: String,
+    id_column: String,
+    status: String,
+}
+
+impl StagedFit {
+    fn read(fit_id: i64) -> Option<StagedFit> {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT corpus::oid, embedding, embedding_type, id_column, status FROM nudge.fits WHERE fit_id = $1",
+                Some(1),
+                &[fit_id.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let t = t.first();
+            // (columns declared NOT NULL in sql/catalog.sql)
+            Ok(Some(StagedFit {
+                corpus: t.get(1)?.unwrap(),
+                embedding: t.get(2)?.unwrap(),
+                embedding_type: t.get(3)?.unwrap(),
+                id_column: t.get(4)?.unwrap(),
+                status: t.get(5)?.unwrap(),
+            }))
+        })
+        .or_raise()
+    }
 }
 
 fn has_update(corpus: pg_sys::Oid) -> bool {

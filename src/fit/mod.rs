@@ -173,10 +173,12 @@ fn nudge_refit(
     TableIterator::once(run(&args))
 }
 
-/// The parameters of a recorded fit.
+/// The parameters of a recorded fit (nudge_refit), and its state (nudge_apply_step).
 struct Recorded {
     corpus: pg_sys::Oid,
     embedding: String,
+    embedding_type: String,
+    status: String,
     queries: pg_sys::Oid,
     qrels: pg_sys::Oid,
     id_column: String,
@@ -200,7 +202,7 @@ impl Recorded {
             let t = c.select(
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
-                        gamma_search, gamma, target, negative_rule, folds, update_from
+                        gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status
                    FROM nudge.fits WHERE fit_id = $1",
                 Some(1),
                 &[fit_id.into()],
@@ -228,6 +230,8 @@ impl Recorded {
                 negative_rule: t.get(15)?.unwrap(),
                 folds: t.get(16)?,
                 update_from: t.get(17)?,
+                embedding_type: t.get(18)?.unwrap(),
+                status: t.get(19)?.unwrap(),
             }))
         })
         .or_raise()

@@ -117,7 +117,7 @@ pub fn nudge_apply_step(fit_id: i64, batch_rows: i32) -> i64 {
     if batch_rows < 1 {
         invalid(format!("batch_rows must be at least 1, got {batch_rows}"), "Rows per transaction: 256 is the default.");
     }
-    let Some(fit) = StagedFit::read(fit_id) else {
+    let Some(fit) = super::Recorded::read(fit_id) else {
         raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
     };
     if fit.status != "staged" {
@@ -166,40 +166,6 @@ pub fn nudge_apply_step(fit_id: i64, batch_rows: i32) -> i64 {
     )
     .or_raise();
     left
-}
-
-/// What `nudge_apply_step` needs of a fit's row in `nudge.fits`.
-struct StagedFit {
-    corpus: pg_sys::Oid,
-    embedding: String,
-    embedding_type: String,
-    id_column: String,
-    status: String,
-}
-
-impl StagedFit {
-    fn read(fit_id: i64) -> Option<StagedFit> {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT corpus::oid, embedding, embedding_type, id_column, status FROM nudge.fits WHERE fit_id = $1",
-                Some(1),
-                &[fit_id.into()],
-            )?;
-            if t.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
-            }
-            let t = t.first();
-            // (columns declared NOT NULL in sql/catalog.sql)
-            Ok(Some(StagedFit {
-                corpus: t.get(1)?.unwrap(),
-                embedding: t.get(2)?.unwrap(),
-                embedding_type: t.get(3)?.unwrap(),
-                id_column: t.get(4)?.unwrap(),
-                status: t.get(5)?.unwrap(),
-            }))
-        })
-        .or_raise()
-    }
 }
 
 fn has_update(corpus: pg_sys::Oid) -> bool {

@@ -8,6 +8,10 @@
 #       PostgreSQL 16.2 + pgvector 0.6.2: the pgserver==0.1.4 wheel in its own venv at
 #         $NUDGE_PG16_VENV (default /opt/nudge/pg16-venv)
 #       PostgreSQL 15, no pgvector: Debian's postgresql-15 and postgresql-server-dev-15
+#       PostgreSQL 17 + pgvector 0.8.0: Debian 13's packages in a debootstrap root at
+#         $NUDGE_PG17_ROOT (default /opt/nudge/pg17-root), with the build dependencies, the
+#         host's local CA certificates and its own `cargo pgrx init --pg17` (scripts/pg17.sh;
+#         as root only)
 #   - `cargo pgrx init --pg18 <pg_config> --pg16 <pg_config> --pg15 <pg_config>` (all at
 #     once: every init rewrites ~/.pgrx/config.toml)
 #   - an unprivileged `postgres` user (Postgres refuses to run as root)
@@ -20,7 +24,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=""
-for pkg in libclang-dev clang pkg-config sudo python3-venv postgresql-15 postgresql-server-dev-15; do
+for pkg in libclang-dev clang pkg-config sudo python3-venv postgresql-15 postgresql-server-dev-15 debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt="$need_apt $pkg"
 done
 if [ -n "$need_apt" ]; then
@@ -58,7 +62,7 @@ if ! "$NUDGE_PG16_VENV/bin/python" -c 'import importlib.metadata as m,sys; sys.e
   echo "==> pip install pgserver==0.1.4 (PostgreSQL 16.2 + pgvector 0.6.2) into $NUDGE_PG16_VENV"
   $SUDO "$NUDGE_PG16_VENV/bin/pip" install -q pgserver==0.1.4
 fi
-$SUDO chmod -R a+rX "$(dirname "$NUDGE_VENV")" "$(dirname "$NUDGE_PG16_VENV")"
+$SUDO chmod -R a+rX "$NUDGE_VENV" "$NUDGE_PG16_VENV"
 
 PG_CONFIG="$(nudge_pg_config)"
 init_args=()
@@ -71,6 +75,13 @@ done
 if [ -n "${need_init:-}" ]; then
   echo "==> cargo pgrx init ${init_args[*]}"
   cargo pgrx init "${init_args[@]}"
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  . "$here/pg17.sh"
+  pg17_setup
+else
+  echo "==> PostgreSQL 17 root not prepared: scripts/pg17.sh needs root (chroot, mount)" >&2
 fi
 
 if ! id "$NUDGE_PG_USER" >/dev/null 2>&1; then

@@ -1,14 +1,13 @@
--- nudge catalog: one row per fit, and the original vectors of every row a fit overwrote.
+-- nudge catalog: one row per fit, the original vectors of every row a fit overwrote, and the
+-- rows a staged fit has yet to write.
 --
--- Functions run with the caller's rights, so callers write these tables themselves.
--- Row-level security keeps one role from reading vectors of a table it cannot SELECT (a
--- backup row is visible only to roles with SELECT on its corpus, and, when the corpus has
--- row-level security of its own, only to roles that bypass it), and from planting fits or
--- backups that nudge_fit or nudge_revert would later write into a table the role cannot
--- UPDATE: an applied fit and its backups can only be recorded by a role with UPDATE on the
--- corpus, and only under the fit_id that role just drew from the sequence.
--- Both tables are dumped by pg_dump (pg_extension_config_dump), so fits survive
--- dump/restore and can still be reverted.
+-- Only nudge writes these tables: its functions run with the caller's rights on the caller's
+-- tables, and record fits, backups and staged rows here as the extension's owner (src/catalog.rs).
+-- User roles may read them; row-level security hides vectors of a table from roles that may not
+-- SELECT every row of it. Every name below is schema-qualified and every operator is
+-- pg_catalog's, whatever the search_path at CREATE EXTENSION time holds.
+-- The tables are dumped by pg_dump (pg_extension_config_dump), so fits survive dump/restore
+-- and can still be reverted.
 
 CREATE SCHEMA nudge;
 GRANT USAGE ON SCHEMA nudge TO PUBLIC;
@@ -37,19 +36,19 @@ CREATE TABLE nudge.fits (
     records_changed     bigint      NOT NULL,
     rows_written        bigint      NOT NULL,
     rows_skipped        bigint      NOT NULL DEFAULT 0,  -- rows to write the application changed first
-    lock                text        CHECK (lock IN ('rows', 'table')),  -- NULL for a dry run
+    lock                text        CHECK (lock OPERATOR(pg_catalog.=) ANY ('{rows,table}'::pg_catalog.text[])),  -- NULL for a dry run
     validation_before   float8,
     validation_after    float8,
     curve               jsonb,
     seconds             float8      NOT NULL,
     status              text        NOT NULL
-                        CHECK (status IN ('applied', 'dry_run', 'reverted', 'staged')),
-    created_at          timestamptz NOT NULL DEFAULT now(),
+                        CHECK (status OPERATOR(pg_catalog.=) ANY ('{applied,dry_run,reverted,staged}'::pg_catalog.text[])),
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by          name        NOT NULL DEFAULT current_user,
     reverted_at         timestamptz,
     refit_of            bigint,
     folds               int,
-    update_from         text        CHECK (update_from IN ('train', 'all'))
+    update_from         text        CHECK (update_from OPERATOR(pg_catalog.=) ANY ('{train,all}'::pg_catalog.text[]))
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
@@ -65,7 +64,7 @@ CREATE TABLE nudge.fit_backups (
     original_double double precision[],
     written         bigint   NOT NULL,
     PRIMARY KEY (fit_id, row_id),
-    CHECK ((original IS NULL) <> (original_double IS NULL))
+    CHECK ((original IS NULL) OPERATOR(pg_catalog.<>) (original_double IS NULL))
 ) WITH (toast_tuple_target = 8160);
 COMMENT ON TABLE nudge.fit_backups IS 'Vectors as they were before an in-place fit wrote them (original: real[], exact for vector, halfvec and real[] columns; original_double for double precision[] columns) and nudge_digest() of the value the fit wrote (written); nudge_revert restores the originals of rows still holding what the fit wrote';
 -- One fit writes a backup row per changed row, inside the fit's transaction, so their cost is
@@ -93,55 +92,29 @@ CREATE TABLE nudge.fit_staged (
 ALTER TABLE nudge.fit_staged ALTER COLUMN vector SET STORAGE EXTERNAL;
 COMMENT ON TABLE nudge.fit_staged IS 'Rows a staged fit has yet to write: the nudged vector, and the row version and nudge_digest of the value the fit read (the compare-and-set of nudge_apply)';
 
-GRANT SELECT, INSERT ON nudge.fits TO PUBLIC;
-GRANT UPDATE (status, reverted_at, rows_written, rows_skipped) ON nudge.fits TO PUBLIC;  -- nudge_revert, nudge_apply
-GRANT SELECT, INSERT, DELETE ON nudge.fit_staged TO PUBLIC;
-GRANT USAGE, SELECT ON SEQUENCE nudge.fits_fit_id_seq TO PUBLIC;
-GRANT SELECT, INSERT ON nudge.fit_backups TO PUBLIC;
+-- Readable by every role; written only by nudge (as the owner of these tables).
+GRANT SELECT ON nudge.fits, nudge.fit_backups, nudge.fit_staged TO PUBLIC;
 
 -- Whether the current role may read vectors of `corpus` kept in the catalog (backups, staged
 -- rows): it may SELECT the table, and the table has no row-level security of its own that
 -- applies to the role (those vectors include rows the policy hides).
-CREATE FUNCTION nudge.nudge_may_read_vectors(corpus regclass) RETURNS boolean
+CREATE FUNCTION nudge.nudge_may_read_vectors(corpus pg_catalog.regclass) RETURNS pg_catalog.bool
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.has_table_privilege(corpus, 'SELECT')
+    SELECT pg_catalog.has_table_privilege(corpus::pg_catalog.oid, 'SELECT')
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
-                        WHERE c.oid = corpus AND c.relrowsecurity
+                        WHERE c.oid OPERATOR(pg_catalog.=) corpus::pg_catalog.oid AND c.relrowsecurity
                           AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')))
 $$;
 
-ALTER TABLE nudge.fit_backups ENABLE ROW LEVEL SECURITY;
-CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
--- Backups go under the fit this session just drew, or under a staged fit of this role that
--- nudge_apply is writing (in later transactions, possibly another session).
-CREATE POLICY fit_backups_write ON nudge.fit_backups FOR INSERT
-    WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE')
-                AND CASE WHEN EXISTS (SELECT 1 FROM nudge.fits AS f
-                                       WHERE f.fit_id = fit_backups.fit_id AND f.corpus = fit_backups.corpus
-                                         AND f.status = 'staged' AND f.created_by = current_user)
-                         THEN true  -- (first: currval fails in a session that drew no fit)
-                         ELSE fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass) END);
-
--- The staged rows: readable like backups; written only under the fit this session just drew;
--- deleted by roles that may UPDATE the table (nudge_apply, nudge_revert).
-ALTER TABLE nudge.fit_staged ENABLE ROW LEVEL SECURITY;
-CREATE POLICY fit_staged_read ON nudge.fit_staged FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
-CREATE POLICY fit_staged_write ON nudge.fit_staged FOR INSERT
-    WITH CHECK (pg_catalog.has_table_privilege(corpus, 'UPDATE')
-                AND fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass));
-CREATE POLICY fit_staged_delete ON nudge.fit_staged FOR DELETE
-    USING (pg_catalog.has_table_privilege(corpus, 'UPDATE'));
-
+-- Row-level security for the roles that read the catalog (its owner, nudge, bypasses it).
 ALTER TABLE nudge.fits ENABLE ROW LEVEL SECURITY;
 CREATE POLICY fits_read ON nudge.fits FOR SELECT USING (true);
-CREATE POLICY fits_insert ON nudge.fits FOR INSERT
-    WITH CHECK (created_by = current_user
-                AND fit_id = pg_catalog.currval('nudge.fits_fit_id_seq'::pg_catalog.regclass)
-                AND pg_catalog.has_table_privilege(corpus, 'SELECT')
-                AND (status = 'dry_run' OR pg_catalog.has_table_privilege(corpus, 'UPDATE')));
-CREATE POLICY fits_revert ON nudge.fits FOR UPDATE
-    USING (pg_catalog.has_table_privilege(corpus, 'UPDATE'));
+ALTER TABLE nudge.fit_backups ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fit_backups_read ON nudge.fit_backups FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
+ALTER TABLE nudge.fit_staged ENABLE ROW LEVEL SECURITY;
+CREATE POLICY fit_staged_read ON nudge.fit_staged FOR SELECT USING (nudge.nudge_may_read_vectors(corpus));
 
 SELECT pg_catalog.pg_extension_config_dump('nudge.fits', '');
 SELECT pg_catalog.pg_extension_config_dump('nudge.fits_fit_id_seq', '');

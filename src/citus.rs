@@ -10,6 +10,7 @@
 
 use pgrx::prelude::*;
 
+use crate::catalog::Ext;
 use crate::columns::{self, Column};
 use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
 use crate::read;
@@ -35,7 +36,7 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
     }
     let row = Spi::get_two_with_args::<bool, String>(
         "SELECT p.partmethod <> 'n', pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
-           FROM pg_catalog.pg_dist_partition AS p WHERE p.logicalrelid = $1::oid::regclass",
+           FROM pg_catalog.pg_dist_partition AS p WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
         &[rel.into()],
     );
     match row {
@@ -43,7 +44,12 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
             dist: column
                 .filter(|c| *c != id.name)
                 .map(|c| columns::relation(rel).column(&c, "the distribution column")),
-            pushdown: sharded && crate::guc::CITUS_PUSHDOWN.get() && !fitted_in_this_transaction(rel),
+            // (the workers run the pass as nudge's owner: only for a caller who may read every
+            // row; row-level security is Citus's to apply, on the coordinator's reads)
+            pushdown: sharded
+                && crate::guc::CITUS_PUSHDOWN.get()
+                && crate::catalog::may_read_vectors(rel)
+                && !fitted_in_this_transaction(rel),
         },
         _ => Placement::Local,
     }
@@ -54,8 +60,9 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
 /// here: Citus assigns one to plain function calls on the coordinator.)
 fn fitted_in_this_transaction(rel: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM nudge.fits AS f WHERE f.corpus = $1::oid::regclass
-                          AND (f.created_at = pg_catalog.now() AND f.status <> 'dry_run' OR f.reverted_at = pg_catalog.now()))",
+        "SELECT EXISTS (SELECT 1 FROM nudge.fits AS f WHERE f.corpus::pg_catalog.oid OPERATOR(pg_catalog.=) $1
+                          AND (f.created_at OPERATOR(pg_catalog.=) pg_catalog.now() AND f.status OPERATOR(pg_catalog.<>) 'dry_run'
+                               OR f.reverted_at OPERATOR(pg_catalog.=) pg_catalog.now()))",
         &[rel.into()],
     )
     .ok()
@@ -72,18 +79,29 @@ fn fitted_in_this_transaction(rel: pg_sys::Oid) -> bool {
 /// its own, outside the caller's transaction (they read committed rows). The request goes to
 /// each worker once (not once per shard), and each answers one merged partial. Bytes travel as
 /// hex text both ways.
-pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(&str, Vec<u8>)) {
+///
+/// The shard functions are internal (not executable by PUBLIC): the calls go to the workers as
+/// the extension's owner, for a caller who may SELECT every row of the table (checked here).
+pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(&str, Vec<u8>)) {
+    crate::catalog::require_read_vectors(table, table_sql, "rows on the workers");
     check_workers();
     let request = format!("pg_catalog.decode('{}', 'hex')", hex(request));
     let (mut names, mut ports, mut commands) = (Vec::<String>::new(), Vec::<i32>::new(), Vec::<String>::new());
     // one active placement per shard
     let shards = "SELECT n.nodename, n.nodeport,
-                         pg_catalog.string_agg(pg_catalog.quote_literal(pg_catalog.shard_name(s.logicalrelid, s.shardid)), ', ' ORDER BY s.shardid)
+                         pg_catalog.string_agg(pg_catalog.quote_literal(pg_catalog.concat(
+                             -- (shard_name qualifies names outside public only; the workers
+                             -- resolve them qualified, whatever their search_path)
+                             CASE WHEN c.relnamespace OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace THEN 'public.' END,
+                             pg_catalog.shard_name(s.logicalrelid, s.shardid))), ', ' ORDER BY s.shardid)
                     FROM pg_catalog.pg_dist_shard AS s
+                    JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) s.logicalrelid::pg_catalog.oid
                     JOIN LATERAL (SELECT p.groupid FROM pg_catalog.pg_dist_placement AS p
-                                   WHERE p.shardid = s.shardid AND p.shardstate = 1 ORDER BY p.groupid LIMIT 1) AS p ON true
-                    JOIN pg_catalog.pg_dist_node AS n ON n.groupid = p.groupid AND n.noderole = 'primary'
-                   WHERE s.logicalrelid = $1::oid::regclass
+                                   WHERE p.shardid OPERATOR(pg_catalog.=) s.shardid AND p.shardstate OPERATOR(pg_catalog.=) 1
+                                   ORDER BY p.groupid LIMIT 1) AS p ON true
+                    JOIN pg_catalog.pg_dist_node AS n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
+                                                     AND n.noderole OPERATOR(pg_catalog.=) 'primary'
+                   WHERE s.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1
                    GROUP BY n.nodename, n.nodeport";
     read::for_each_batch(shards, &[table.into()], |b| {
         for row in 0..b.len() {
@@ -96,14 +114,21 @@ pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8]
             ));
         }
     });
-    read::for_each_batch(
-        "SELECT node_name || ':' || node_port, success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+    let mut replies = Vec::new();
+    crate::catalog::as_owner_on_workers(e, || read::for_each_batch(
+        "SELECT pg_catalog.concat(node_name, ':', node_port), success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
         &[names.into(), ports.into(), commands.into()],
         |b| {
             for row in 0..b.len() {
-                let node = b.text(row, 1).unwrap_or_default();
-                let result = b.text(row, 3).unwrap_or_default();
-                if b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) != Some(true) {
+                let ok = b.datum(row, 2).and_then(|d| unsafe { bool::from_datum(d, false) }) == Some(true);
+                replies.push((b.text(row, 1).unwrap_or_default(), ok, b.text(row, 3).unwrap_or_default()));
+            }
+        },
+    ));
+    {
+        {
+            for (node, ok, result) in replies {
+                if !ok {
                     raise_with(
                         Code::ERRCODE_CONNECTION_FAILURE,
                         format!("nudge could not run on the shards of {table_sql} on {node}: {result}"),
@@ -114,20 +139,21 @@ pub fn on_shards(table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8]
                 let bytes = unhex(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
                 each(&node, bytes);
             }
-        },
-    );
+        }
+    }
 }
 
 /// Every worker must have this version of nudge: checked before a pass is pushed down, so a
 /// worker without it (or with another) is named in a clear error instead of failing inside a
 /// shard.
 pub fn check_workers() {
-    let mine = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'nudge'")
+    let mine = Spi::get_one::<String>("SELECT e.extversion FROM pg_catalog.pg_extension AS e WHERE e.extname OPERATOR(pg_catalog.=) 'nudge'::pg_catalog.name")
         .ok()
         .flatten()
         .unwrap_or_default();
-    let sql = "SELECT nodename || ':' || nodeport, success, result FROM pg_catalog.run_command_on_workers(
-                 $$SELECT coalesce((SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'nudge'), '')$$)";
+    let sql = "SELECT pg_catalog.concat(nodename, ':', nodeport), success, result FROM pg_catalog.run_command_on_workers(
+                 $$SELECT coalesce((SELECT e.extversion FROM pg_catalog.pg_extension AS e
+                                     WHERE e.extname OPERATOR(pg_catalog.=) 'nudge'::pg_catalog.name), '')$$)";
     read::for_each_batch(sql, &[], |b| {
         for row in 0..b.len() {
             let (node, result) = (b.text(row, 1).unwrap_or_default(), b.text(row, 3).unwrap_or_default());

@@ -34,8 +34,11 @@ pub struct Column {
     pub name: String,
     /// The column name quoted for SQL.
     pub ident: String,
-    /// `format_type(atttypid, atttypmod)`, e.g. `vector(384)`.
+    /// `format_type(atttypid, atttypmod)` under nudge's search path (pg_catalog), e.g.
+    /// `public.vector(384)`.
     pub type_sql: String,
+    /// The column's type.
+    pub typid: pg_sys::Oid,
     /// Set when the column holds embeddings in a supported type.
     pub kind: Option<VecKind>,
 }
@@ -108,6 +111,7 @@ impl Relation {
             name: name.to_string(),
             ident: quote_identifier(name),
             type_sql,
+            typid,
             kind: vec_kind(typid),
         })
     }

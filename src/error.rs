@@ -37,6 +37,8 @@ pub fn code_of(e: &NudgeError) -> Code {
         NudgeError::Empty { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
         NudgeError::UnknownRecord { .. } => Code::ERRCODE_FOREIGN_KEY_VIOLATION,
         NudgeError::Cancelled => Code::ERRCODE_QUERY_CANCELED,
+        NudgeError::TooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        NudgeError::Malformed { .. } => Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
     }
 }
 

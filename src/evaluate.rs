@@ -35,6 +35,7 @@ type EvalRow = (
 
 /// Score exact k-NN retrieval of `queries` over `corpus` against the labels in `qrels`.
 #[pg_extern(stable, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn nudge_evaluate(
     corpus: PgRelation,
     embedding: &str,
@@ -179,10 +180,16 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
 /// (src/shard.rs), merged here with the same order (score descending, ties by key descending).
 fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys);
-    let call = format!("public.nudge_shard_topk({{shards}}, {}, {}, {{request}})", quote_literal(&corpus.id.name), quote_literal(&corpus.emb.name));
+    let e = crate::catalog::ext();
+    let call = format!(
+        "{}({{shards}}, {}, {}, {{request}})",
+        crate::catalog::func(&e, "nudge_shard_topk"),
+        quote_literal(&corpus.id.name),
+        quote_literal(&corpus.emb.name)
+    );
     let mut runs: Vec<Vec<(u64, f32)>> = vec![Vec::new(); judged.vectors.nrows()];
     let mut workers = 0u64;
-    crate::citus::on_shards(corpus.oid, &corpus.sql, &call, &request, |node, bytes| {
+    crate::citus::on_shards(&e, corpus.oid, &corpus.sql, &call, &request, |node, bytes| {
         let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(node, &corpus.sql, &m));
         let lists = reply.unwrap_or_else(|(code, message)| raise(code, message));
         if lists.len() != runs.len() {

@@ -10,6 +10,7 @@
 
 use pgrx::prelude::*;
 
+mod catalog;
 mod citus;
 mod columns;
 mod error;
@@ -25,8 +26,8 @@ mod write;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
-extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["catalog"]);
 extension_sql_file!("../sql/apply.sql", name = "apply", requires = ["catalog", fit::stage::nudge_apply_step]);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -366,7 +366,7 @@ pub fn for_each_row(query: &str, mut each: impl FnMut(&Row)) {
 
 /// Expression reading the text form of a key column.
 pub fn text_expr(col: &Column) -> String {
-    format!("{}::text", col.ident)
+    format!("{}::pg_catalog.text", col.ident)
 }
 
 /// Queries table: `id` and `embedding`, ordered by id so that the seeded split is
@@ -403,8 +403,8 @@ pub fn read_qrels(rel: &Relation) -> Vec<Label> {
     let d = rel.column("doc_id", "a column \"doc_id\" in the qrels table");
     let score = rel
         .find("score")
-        .map(|s| format!("COALESCE(CAST({} AS double precision), 1)", s.ident))
-        .unwrap_or_else(|| "1::double precision".into());
+        .map(|s| format!("COALESCE(CAST({} AS pg_catalog.float8), 1)", s.ident))
+        .unwrap_or_else(|| "1::pg_catalog.float8".into());
     let sql = format!("SELECT {}, {}, {} FROM {}", text_expr(&q), text_expr(&d), score, rel_sql);
     let mut out = Vec::new();
     for_each_batch(&sql, &[], |table| {
@@ -452,12 +452,12 @@ pub fn qrels_for(
 
 /// The corpus scan: `SELECT t.id::text, t.embedding <extra> FROM corpus AS t`.
 pub fn scan_sql(id: &Column, emb: &Column, rel_sql: &str, extra: &str) -> String {
-    format!("SELECT t.{}::text, t.{}{extra} FROM {rel_sql} AS t", id.ident, emb.ident)
+    format!("SELECT t.{}::pg_catalog.text, t.{}{extra} FROM {rel_sql} AS t", id.ident, emb.ident)
 }
 
 /// Planner's row estimate, for progress only.
 pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
-    Spi::get_one_with_args::<f32>("SELECT reltuples FROM pg_class WHERE oid = $1", &[rel.into()])
+    Spi::get_one_with_args::<f32>("SELECT c.reltuples FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) $1", &[rel.into()])
         .ok()
         .flatten()
         .filter(|r| *r > 0.0)

@@ -16,43 +16,52 @@
 
 use std::collections::HashMap;
 
-use std::str::FromStr;
-
 use nudge_core::knn::{Distance, TopK};
-use nudge_core::partial::{Partial, ShardPass, ShardSpec};
+use nudge_core::partial::ShardPass;
+use nudge_core::wire::{self, WorkerError};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+
+/// The messages (codec and limits in nudge-core's `wire` module, fuzzed there).
+pub use nudge_core::wire::{Reply, Request};
 
 use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::read::{self, push_embedding};
 
-/// What every worker is asked.
-pub struct Request {
-    pub spec: ShardSpec,
-    /// Key of every labelled doc id (keys `0..labelled.len()`).
-    pub labelled: HashMap<String, u64>,
-    /// Rows changed by earlier fits: id -> (digest of the value the last fit wrote, original).
-    pub originals: HashMap<String, (i64, Vec<f32>)>,
-    /// Whether to return the addresses (distribution column values) of rows to write.
-    pub writing: bool,
-}
-
-/// What a worker answers.
-pub struct Reply {
-    pub partial: Partial,
-    /// Labelled keys found in its shards.
-    pub labelled_seen: Vec<u64>,
-    /// Rows the fit may write: (key, id, distribution column value, started from an original).
-    pub rows: Vec<(u64, String, Option<String>, bool)>,
-}
-
 /// Run the pass over `shards` (the shards of one table on this worker). `dist_column` names
 /// the distribution column when the rows to write are addressed by it (NULL: by id alone).
 /// Returns a [`Reply`] or an error, encoded.
 #[pg_extern(volatile, parallel_unsafe)]
-fn nudge_shard_pass(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Vec<u8> {
-    catching(|| ok_bytes(&pass(&shards, id_column, embedding, dist_column, request)))
+#[search_path(pg_catalog, pg_temp)]
+fn nudge_shard_pass(
+    shards: Option<Array<'_, pg_sys::Oid>>,
+    id_column: Option<&str>,
+    embedding: Option<&str>,
+    dist_column: Option<&str>,
+    request: Option<&[u8]>,
+) -> Vec<u8> {
+    const F: &str = "nudge_shard_pass";
+    let shards = shard_oids(shards, F);
+    let (id_column, embedding, request) = (required(id_column, F, "id_column"), required(embedding, F, "embedding"), required(request, F, "request"));
+    catching(|| pass(&shards, id_column, embedding, dist_column, request).to_bytes())
+}
+
+/// A NULL where the function needs a value: 22004, naming the argument.
+fn required<T>(arg: Option<T>, function: &str, name: &str) -> T {
+    arg.unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{function}: argument \"{name}\" must not be NULL")))
+}
+
+fn shard_oids(shards: Option<Array<'_, pg_sys::Oid>>, function: &str) -> Vec<pg_sys::Oid> {
+    let shards = required(shards, function, "shards");
+    let oids = shards.iter().map(|s| s.unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{function}: argument \"shards\" contains a NULL"))));
+    oids.collect()
+}
+
+/// A request decoded, or its error raised: 22P03 if malformed, 54000 if above a limit of
+/// nudge's (see nudge-core's `wire`).
+fn decoded<T>(function: &str, r: nudge_core::Result<T>) -> T {
+    r.unwrap_or_else(|e| raise(crate::error::code_of(&e), format!("{function}: {e}")))
 }
 
 /// `f`'s reply, or the error it raised encoded as a reply (SQLSTATE and message). `f` runs in
@@ -93,10 +102,14 @@ fn catching(f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
 /// nudge_evaluate's k-NN over some shards of one worker: per query the top-k (key, score), best
 /// first, every row keyed by its id as src/ties.rs says (judged ids from the request).
 #[pg_extern(volatile, parallel_unsafe)]
-fn nudge_shard_topk(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, request: &[u8]) -> Vec<u8> {
+#[search_path(pg_catalog, pg_temp)]
+fn nudge_shard_topk(shards: Option<Array<'_, pg_sys::Oid>>, id_column: Option<&str>, embedding: Option<&str>, request: Option<&[u8]>) -> Vec<u8> {
+    const F: &str = "nudge_shard_topk";
+    let shards = shard_oids(shards, F);
+    let (id_column, embedding, request) = (required(id_column, F, "id_column"), required(embedding, F, "embedding"), required(request, F, "request"));
     catching(|| {
-        let (mut topk, labelled) = TopKRequest::from_bytes(request)
-            .unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_topk: {m}")));
+        let request = decoded(F, wire::TopKRequest::from_bytes(request));
+        let (mut topk, labelled) = decoded(F, request.into_top_k());
         let ties = crate::ties::TieKeys::new(labelled.keys());
         let dim = topk.dim();
         let mut batch = Batcher::new(dim);
@@ -115,82 +128,27 @@ fn nudge_shard_topk(shards: Vec<pg_sys::Oid>, id_column: &str, embedding: &str, 
             });
         }
         batch.flush(&mut topk, &mut push);
-        let runs = topk.finish();
-        let mut w = W(b"NDGR\x01O".to_vec());
-        w.u64(runs.len() as u64);
-        for run in runs {
-            w.u64(run.len() as u64);
-            for (key, score) in run {
-                w.u64(key);
-                w.0.extend_from_slice(&score.to_le_bytes());
-            }
-        }
-        w.0
+        wire::TopKRequest::reply_bytes(&topk.finish())
     })
 }
 
-/// nudge_evaluate's request to every shard: the judged queries, k, the distance, and the key
-/// of every labelled id.
+/// nudge_evaluate's request to every shard: the judged queries, k, the distance, and the
+/// key of every labelled id (the codec: nudge-core's `wire::TopKRequest`).
 pub struct TopKRequest;
 
 impl TopKRequest {
     pub fn to_bytes(queries: &ndarray::Array2<f32>, k: usize, distance: Distance, labelled: &HashMap<String, u64>) -> Vec<u8> {
-        let mut w = W(b"NDGK\x01".to_vec());
-        w.u64(k as u64);
-        w.bytes(distance.to_string().as_bytes());
-        w.u64(queries.ncols() as u64);
-        w.f32s(&queries.iter().copied().collect::<Vec<_>>());
-        w.u64(labelled.len() as u64);
-        for (id, key) in labelled {
-            w.bytes(id.as_bytes());
-            w.u64(*key);
-        }
-        w.0
+        wire::TopKRequest::encode(queries.view(), k, distance, labelled)
     }
 
-    fn from_bytes(b: &[u8]) -> Result<(TopK, HashMap<String, u64>), String> {
-        let mut r = R(b);
-        if r.take(5)? != b"NDGK\x01" {
-            return Err("not a request of this version of nudge".into());
-        }
-        let k = r.u64()? as usize;
-        let distance = Distance::from_str(&r.text()?).map_err(|_| "unknown distance".to_string())?;
-        let dim = r.u64()? as usize;
-        let flat = r.f32s()?;
-        if dim == 0 || flat.len() % dim != 0 {
-            return Err("query matrix does not match its dimension".into());
-        }
-        let queries = ndarray::Array2::from_shape_vec((flat.len() / dim, dim), flat).map_err(|e| e.to_string())?;
-        let topk = TopK::new(queries, k, distance).map_err(|e| e.to_string())?;
-        let mut labelled = HashMap::new();
-        for _ in 0..r.len(16)? {
-            let id = r.text()?;
-            labelled.insert(id, r.u64()?);
-        }
-        Ok((topk, labelled))
-    }
-
-    /// A worker's top-k lists, or the error it raised.
+    /// A worker's top-k lists, or the error it raised; `Err` if the bytes are not a reply.
     pub fn parse_reply(b: &[u8]) -> Result<Result<Vec<Vec<(u64, f32)>>, (PgSqlErrorCode, String)>, String> {
-        let mut r = match reply_body(b)? {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut runs = Vec::new();
-        for _ in 0..r.len(8)? {
-            let mut run = Vec::new();
-            for _ in 0..r.len(12)? {
-                let key = r.u64()?;
-                run.push((key, f32::from_le_bytes(r.take(4)?.try_into().unwrap())));
-            }
-            runs.push(run);
-        }
-        Ok(Ok(runs))
+        wire::TopKRequest::parse_reply(b).map(|r| r.map_err(raised)).map_err(|e| e.to_string())
     }
 }
 
 fn pass(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, dist_column: Option<&str>, request: &[u8]) -> Reply {
-    let req = Request::from_bytes(request).unwrap_or_else(|m| raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("nudge_shard_pass: {m}")));
+    let req = decoded("nudge_shard_pass", Request::from_bytes(request));
     let n_labelled = req.labelled.len() as u64;
     let moving: std::collections::HashSet<u64> = req.spec.moving_keys.iter().copied().collect();
     let dim = req.spec.dim;
@@ -288,155 +246,19 @@ fn shard_id(name: &str) -> u64 {
     })
 }
 
-// ---- wire formats (little-endian; lengths u64) ----
-
-struct W(Vec<u8>);
-impl W {
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn f32s(&mut self, v: &[f32]) {
-        self.u64(v.len() as u64);
-        v.iter().for_each(|x| self.0.extend_from_slice(&x.to_le_bytes()));
-    }
-}
-
-struct R<'a>(&'a [u8]);
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if n > self.0.len() {
-            return Err("truncated message".into());
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    fn len(&mut self, unit: usize) -> Result<usize, String> {
-        let n = self.u64()? as usize;
-        if n.saturating_mul(unit) > self.0.len() {
-            return Err("truncated message".into());
-        }
-        Ok(n)
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.len(1)?;
-        self.take(n)
-    }
-    fn text(&mut self) -> Result<String, String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "invalid UTF-8".to_string())
-    }
-    fn f32s(&mut self) -> Result<Vec<f32>, String> {
-        let n = self.len(4)?;
-        Ok(self.take(4 * n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-    }
-}
-
-impl Request {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = W(b"NDGQ\x01".to_vec());
-        w.bytes(&self.spec.to_bytes());
-        w.u64(self.labelled.len() as u64);
-        for (id, key) in &self.labelled {
-            w.bytes(id.as_bytes());
-            w.u64(*key);
-        }
-        w.u64(self.originals.len() as u64);
-        for (id, (written, original)) in &self.originals {
-            w.bytes(id.as_bytes());
-            w.u64(*written as u64);
-            w.f32s(original);
-        }
-        w.u64(self.writing as u64);
-        w.0
-    }
-
-    fn from_bytes(b: &[u8]) -> Result<Request, String> {
-        let mut r = R(b);
-        if r.take(5)? != b"NDGQ\x01" {
-            return Err("not a request of this version of nudge".into());
-        }
-        let spec = ShardSpec::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
-        let mut labelled = HashMap::new();
-        for _ in 0..r.len(16)? {
-            let id = r.text()?;
-            labelled.insert(id, r.u64()?);
-        }
-        let mut originals = HashMap::new();
-        for _ in 0..r.len(24)? {
-            let id = r.text()?;
-            let written = r.u64()? as i64;
-            originals.insert(id, (written, r.f32s()?));
-        }
-        let writing = r.u64()? != 0;
-        Ok(Request { spec, labelled, originals, writing })
-    }
-}
-
-fn ok_bytes(reply: &Reply) -> Vec<u8> {
-    let mut w = W(b"NDGR\x01O".to_vec());
-    w.bytes(&reply.partial.to_bytes());
-    w.u64(reply.labelled_seen.len() as u64);
-    reply.labelled_seen.iter().for_each(|k| w.u64(*k));
-    w.u64(reply.rows.len() as u64);
-    for (key, id, dist, from_original) in &reply.rows {
-        w.u64(*key);
-        w.bytes(id.as_bytes());
-        w.u64(match dist {
-            Some(_) => 1,
-            None => 0,
-        });
-        if let Some(d) = dist {
-            w.bytes(d.as_bytes());
-        }
-        w.u64(*from_original as u64);
-    }
-    w.0
-}
+// ---- replies (the codec: nudge-core's `wire`) ----
 
 fn err_bytes(code: PgSqlErrorCode, message: &str) -> Vec<u8> {
-    let mut w = W(b"NDGR\x01E".to_vec());
-    w.u64(code as i32 as u32 as u64);
-    w.bytes(message.as_bytes());
-    w.0
+    WorkerError { sqlstate: code as i32, message: message.to_string() }.to_bytes()
 }
 
-/// A worker's answer: its reply, or the error it raised (SQLSTATE, message).
+/// The SQLSTATE and message a worker raised.
+fn raised(e: WorkerError) -> (PgSqlErrorCode, String) {
+    (PgSqlErrorCode::from(e.sqlstate), e.message)
+}
+
+/// A worker's answer: its reply, or the error it raised (SQLSTATE, message); `Err` if the
+/// bytes are not a reply.
 pub fn parse_reply(b: &[u8]) -> Result<Result<Reply, (PgSqlErrorCode, String)>, String> {
-    let mut r = match reply_body(b)? {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(e)),
-    };
-    let partial = Partial::from_bytes(r.bytes()?).map_err(|e| e.to_string())?;
-    let labelled_seen = (0..r.len(8)?).map(|_| r.u64()).collect::<Result<_, _>>()?;
-    let mut rows = Vec::new();
-    for _ in 0..r.len(24)? {
-        let key = r.u64()?;
-        let id = r.text()?;
-        let dist = if r.u64()? == 1 { Some(r.text()?) } else { None };
-        rows.push((key, id, dist, r.u64()? != 0));
-    }
-    Ok(Ok(Reply { partial, labelled_seen, rows }))
-}
-
-/// The body of a worker's reply ("O"), or the error it carried instead ("E").
-fn reply_body(b: &[u8]) -> Result<Result<R<'_>, (PgSqlErrorCode, String)>, String> {
-    let mut r = R(b);
-    if r.take(5)? != b"NDGR\x01" {
-        return Err("not a reply of this version of nudge".into());
-    }
-    match r.take(1)? {
-        b"E" => {
-            let code = PgSqlErrorCode::from(r.u64()? as u32 as i32);
-            Ok(Err((code, r.text()?)))
-        }
-        b"O" => Ok(Ok(r)),
-        _ => Err("malformed reply".into()),
-    }
+    Reply::parse(b).map(|r| r.map_err(raised)).map_err(|e| e.to_string())
 }

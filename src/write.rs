@@ -1,8 +1,9 @@
 //! Writing nudged vectors back.
 //!
-//! In place: each written row's previous value goes to `nudge.fit_backups` in the same
-//! statement that overwrites it (a data-modifying CTE), so a backup exists for exactly the
-//! rows changed. Beside the previous value the backup keeps `nudge_digest` of the value as
+//! In place: the statement that overwrites a batch of rows returns their previous values, and
+//! nudge records them in `nudge.fit_backups` (as the catalog's owner: user roles cannot write
+//! it, see catalog.rs), so a backup exists for exactly the rows changed and always holds a
+//! value the row had. Beside the previous value the backup keeps `nudge_digest` of the value as
 //! stored (`written`), so that later fits and nudge_revert can tell a row the application
 //! changed since from one still holding what the fit wrote. Previous values are kept as
 //! `real[]` (exact for vector, halfvec and real[] columns; ~1.6 KB at 384 dimensions, so the
@@ -28,6 +29,7 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
+use crate::catalog::{self, Ext};
 use crate::citus::Placement;
 use crate::columns::{Column, VecKind};
 use crate::error::OrRaise;
@@ -68,45 +70,54 @@ struct Addressing {
     matches: String,
 }
 
-fn addressing(placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> Addressing {
+fn addressing(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> Addressing {
     match placement {
         Placement::Local if since == Since::ThisTransaction => Addressing {
-            input: "unnest($2::tid[], $3::oid[]) WITH ORDINALITY AS u(tid, toid, ord)",
-            matches: "t.tableoid = i.toid AND t.ctid = i.tid".into(),
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.oid[])) WITH ORDINALITY AS u(tid, toid, ord)",
+            matches: "t.tableoid OPERATOR(pg_catalog.=) i.toid AND t.ctid OPERATOR(pg_catalog.=) i.tid".into(),
         },
         // A row version read by an earlier transaction: its slot may have been pruned and
         // reused since, so the id and the value are compared too.
         Placement::Local => Addressing {
-            input: "unnest($2::tid[], $3::oid[], $7::int8[], $8::text[]) WITH ORDINALITY AS u(tid, toid, digest, id, ord)",
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.oid[]), pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.text[]))
+                    WITH ORDINALITY AS u(tid, toid, digest, id, ord)",
             matches: format!(
-                "t.tableoid = i.toid AND t.ctid = i.tid AND t.{}::text = i.id AND {}",
+                "t.tableoid OPERATOR(pg_catalog.=) i.toid AND t.ctid OPERATOR(pg_catalog.=) i.tid
+                 AND t.{}::pg_catalog.text OPERATOR(pg_catalog.=) i.id AND {}",
                 id.ident,
-                unchanged(col, kind, "i.digest")
+                unchanged(e, col, kind, "i.digest")
             ),
         },
         Placement::Citus { dist, .. } => Addressing {
-            input: "unnest($2::text[], $3::text[], $7::int8[]) WITH ORDINALITY AS u(id, dist, digest, ord)",
-            matches: format!("{} AND {}", key_match(id, dist.as_ref(), "i.id", "i.dist"), unchanged(col, kind, "i.digest")),
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.int8[]))
+                    WITH ORDINALITY AS u(id, dist, digest, ord)",
+            matches: format!("{} AND {}", key_match(id, dist.as_ref(), "i.id", "i.dist"), unchanged(e, col, kind, "i.digest")),
         },
     }
 }
 
 /// `nudge_digest` of row `t`'s `col` as `real[]` equals `read`: the row still holds what the
 /// fit read (the pass reads every type as real).
-fn unchanged(col: &Column, kind: VecKind, read: &str) -> String {
-    let value = match kind {
-        VecKind::Real => format!("t.{}", col.ident),
-        _ => format!("CAST(t.{} AS real[])", col.ident),
-    };
-    format!("public.nudge_digest({value}) = {read}")
+pub(crate) fn unchanged(e: &Ext, col: &Column, kind: VecKind, read: &str) -> String {
+    format!("{}({}) OPERATOR(pg_catalog.=) {read}", catalog::func(e, "nudge_digest"), as_real(&format!("t.{}", col.ident), kind))
+}
+
+/// A vector column's value as `real[]` (`double precision[]` stays as it is: its digest is
+/// that of the same values as real).
+fn as_real(value: &str, kind: VecKind) -> String {
+    match kind {
+        VecKind::Real | VecKind::Double => value.to_string(),
+        _ => format!("CAST({value} AS pg_catalog.float4[])"),
+    }
 }
 
 /// `t.id = CAST(<id> AS type) [AND t.dist = CAST(<dist> AS type)]`: the row by its key, in the
-/// columns' own types (so Citus can route it and indexes apply).
-fn key_match(id: &Column, dist: Option<&Column>, id_expr: &str, dist_expr: &str) -> String {
-    let mut s = format!("t.{} = CAST({id_expr} AS {})", id.ident, id.type_sql);
+/// columns' own types (so Citus can route it and indexes apply), compared with each type's
+/// own equality operator.
+pub(crate) fn key_match(id: &Column, dist: Option<&Column>, id_expr: &str, dist_expr: &str) -> String {
+    let mut s = format!("t.{} {} CAST({id_expr} AS {})", id.ident, catalog::eq_operator(id.typid), id.type_sql);
     if let Some(d) = dist {
-        s += &format!(" AND t.{} = CAST({dist_expr} AS {})", d.ident, d.type_sql);
+        s += &format!(" AND t.{} {} CAST({dist_expr} AS {})", d.ident, catalog::eq_operator(d.typid), d.type_sql);
     }
     s
 }
@@ -148,7 +159,7 @@ pub(crate) fn tid_datum(tid: u64) -> pg_sys::ItemPointerData {
 /// `double precision[]` for those columns), and the backup column it goes to.
 fn backup_expr(t: &str, col: &Column, kind: VecKind) -> (String, &'static str) {
     match kind {
-        VecKind::Vector | VecKind::Halfvec => (format!("CAST({t}.{} AS real[])", col.ident), "original"),
+        VecKind::Vector | VecKind::Halfvec => (format!("CAST({t}.{} AS pg_catalog.float4[])", col.ident), "original"),
         VecKind::Real => (format!("{t}.{}", col.ident), "original"),
         VecKind::Double => (format!("{t}.{}", col.ident), "original_double"),
     }
@@ -207,6 +218,7 @@ pub enum Since {
 /// previous values under `fit_id`; returns the rows written.
 #[allow(clippy::too_many_arguments)]
 pub fn write_in_place(
+    e: &Ext,
     rel: pg_sys::Oid,
     placement: &Placement,
     id: &Column,
@@ -217,12 +229,13 @@ pub fn write_in_place(
     since: Since,
     reporter: &mut Reporter,
 ) -> i64 {
-    let sql = in_place_sql(placement, id, col, kind, since);
     if rows.is_empty() {
         return 0;
     }
+    let sql = in_place_sql(e, placement, id, col, kind, since);
     let dim = rows[0].vector.len();
     let total = rows.len() as u64;
+    let insert = Previous::insert_sql(kind);
     Spi::connect_mut(|client| {
         let (mut written, mut done) = (0i64, 0u64);
         let mut stmt = None;
@@ -235,22 +248,20 @@ pub fn write_in_place(
                 Since::EarlierTransaction => chunk.iter().map(|r| r.addr.id.clone()).collect(),
                 Since::ThisTransaction => Vec::new(),
             };
-            let args: Vec<DatumWithOid> = vec![
-                real_array(&vectors),
-                at1,
-                at2,
-                fit_id.into(),
-                unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
-                (dim as i32).into(),
-                read.into(),
-                ids.into(),
-            ];
+            let args: Vec<DatumWithOid> = vec![real_array(&vectors), at1, at2, (dim as i32).into(), read.into(), ids.into()];
             if stmt.is_none() {
                 let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
                 stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
             }
-            // (the INSERT of the backups: one per row written)
-            written += client.update(stmt.as_ref().unwrap(), None, &args).or_raise().len() as i64;
+            // The batch's UPDATE runs as the caller and returns what it overwrote; nudge
+            // records that in the catalog as its owner.
+            let table = client.update(stmt.as_ref().unwrap(), None, &args).or_raise();
+            let previous = Previous::collect(table, kind).or_raise();
+            written += previous.ids.len() as i64;
+            if !previous.ids.is_empty() {
+                let args = previous.insert_args(rel, fit_id, kind, dim);
+                catalog::as_owner(e, || client.update(insert.as_str(), None, &args).map(|_| ())).or_raise();
+            }
             done += chunk.len() as u64;
             crate::exec::check_interrupts().ok();
             reporter.report("writing rows", done, Some(total));
@@ -259,10 +270,65 @@ pub fn write_in_place(
     })
 }
 
+/// What a batch's UPDATE overwrote: row ids, previous values (flat) and the digests of the
+/// values written.
+struct Previous {
+    ids: Vec<String>,
+    real: Vec<f32>,
+    double: Vec<f64>,
+    written: Vec<i64>,
+}
+
+impl Previous {
+    fn collect(table: pgrx::spi::SpiTupleTable, kind: VecKind) -> Result<Previous, pgrx::spi::Error> {
+        let mut p = Previous { ids: Vec::with_capacity(table.len()), real: Vec::new(), double: Vec::new(), written: Vec::with_capacity(table.len()) };
+        for row in table {
+            p.ids.push(row.get::<String>(1)?.unwrap_or_default());
+            match kind {
+                VecKind::Double => p.double.extend(row.get::<Vec<f64>>(2)?.unwrap_or_default()),
+                _ => p.real.extend(row.get::<Vec<f32>>(2)?.unwrap_or_default()),
+            }
+            p.written.push(row.get::<i64>(3)?.unwrap_or_default());
+        }
+        Ok(p)
+    }
+
+    /// The INSERT of a batch's backups: `$1` the fit, `$2` the table, `$3` the previous values
+    /// (flat), `$4` the dimension, `$5` the row ids, `$6` the digests written.
+    fn insert_sql(kind: VecKind) -> String {
+        let column = match kind {
+            VecKind::Double => "original_double",
+            _ => "original",
+        };
+        format!(
+            "INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {column}, written)
+             SELECT $1, $2, u.id, $3[(u.ord - 1) * $4 + 1 : u.ord * $4], u.w
+               FROM ROWS FROM (pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)"
+        )
+    }
+
+    fn insert_args(self, rel: pg_sys::Oid, fit_id: i64, kind: VecKind, dim: usize) -> Vec<DatumWithOid<'static>> {
+        let values = match kind {
+            VecKind::Double => self.double.into(),
+            _ => real_array(&self.real),
+        };
+        vec![
+            fit_id.into(),
+            // SAFETY: an OID is a valid regclass datum.
+            unsafe { DatumWithOid::new(rel, pg_sys::REGCLASSOID) },
+            values,
+            (dim as i32).into(),
+            self.ids.into(),
+            self.written.into(),
+        ]
+    }
+}
+
 /// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
-/// `real[]`), `$2`/`$3` the addresses, `$4` the fit, `$5` the table, `$6` the dimension, `$7`
-/// the digests read, `$8` the ids (those two where [`addressing`] compares values).
-fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> String {
+/// `real[]`), `$2`/`$3` the addresses, `$4` the dimension, `$5` the digests read, `$6` the ids
+/// (those two where [`addressing`] compares values). It returns each written row's id, its
+/// previous value (as the backup keeps it) and the digest of the value written.
+fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> String {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
     // TID scan (or, on Citus, the key) finds each row. (Measured against one statement per row:
@@ -270,8 +336,10 @@ fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind,
     // vectors are sliced in the input, not in the UPDATE: Citus ships the input once per worker
     // as an intermediate result, while a parameter of the UPDATE goes with each of its shard
     // tasks (SciFact over 32 shards: 1.2 s per batch of 256 rows that way).
-    let backup_col = backup_expr("t", col, kind).1;
-    let Addressing { input, matches } = addressing(placement, id, col, kind, since);
+    let Addressing { input, matches } = addressing(e, placement, id, col, kind, since);
+    let matches = matches.replace("$7", "$5").replace("$8", "$6");
+    let input = input.replace("$7", "$5").replace("$8", "$6");
+    let digest = catalog::func(e, "nudge_digest");
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",
         rel = col.rel_sql,
@@ -282,25 +350,22 @@ fn in_place_sql(placement: &Placement, id: &Column, col: &Column, kind: VecKind,
     // old values are read in a second scan of the same rows.
     #[cfg(feature = "pg18")]
     let sql = format!(
-        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $6 + 1 : u.ord * $6] AS v FROM {input}),
-              upd AS ({set}
-                      RETURNING old.{id}::text AS row_id, {original} AS original, public.nudge_digest({written}) AS written)
-         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
-         SELECT $4, $5, row_id, original, written FROM upd",
+        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input})
+         {set}
+         RETURNING old.{id}::pg_catalog.text, {original}, {digest}({written})",
         id = id.ident,
         original = backup_expr("old", col, kind).0,
         written = backup_expr("new", col, kind).0,
     );
     #[cfg(not(feature = "pg18"))]
     let sql = format!(
-        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $6 + 1 : u.ord * $6] AS v FROM {input}),
-              old AS (SELECT i.ord, t.{id}::text AS row_id, {original} AS original
+        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input}),
+              old AS (SELECT i.ord, t.{id}::pg_catalog.text AS row_id, {original} AS original
                         FROM {rel} AS t JOIN input AS i ON {matches}),
               upd AS ({set}
-                      RETURNING i.ord, public.nudge_digest({original}) AS written)
-         INSERT INTO nudge.fit_backups (fit_id, corpus, row_id, {backup_col}, written)
-         SELECT $4, $5, old.row_id, old.original, upd.written
-           FROM old JOIN upd ON old.ord = upd.ord",
+                      RETURNING i.ord, {digest}({original}) AS written)
+         SELECT old.row_id, old.original, upd.written
+           FROM old JOIN upd ON old.ord OPERATOR(pg_catalog.=) upd.ord",
         id = id.ident,
         rel = col.rel_sql,
         original = backup_expr("t", col, kind).0,
@@ -320,7 +385,9 @@ fn write_batch(placement: &Placement) -> usize {
 /// Fill `target` for every row: `rows` get their given vectors, all others a copy of `source`
 /// (also rows to write that the application changed during the fit); returns the rows given
 /// their vectors.
+#[allow(clippy::too_many_arguments)]
 pub fn write_target(
+    e: &Ext,
     placement: &Placement,
     id: &Column,
     source: &Column,
@@ -334,8 +401,8 @@ pub fn write_target(
     reporter.report("copying the source column into the target", 0, None);
     copy_source(id, source, target, ids, false);
     let matches = match placement {
-        Placement::Local => "t.tableoid = $3 AND t.ctid = $2".to_string(),
-        Placement::Citus { dist, .. } => format!("{} AND {}", key_match(id, dist.as_ref(), "$2", "$3"), unchanged(source, kind, "$4")),
+        Placement::Local => "t.tableoid OPERATOR(pg_catalog.=) $3 AND t.ctid OPERATOR(pg_catalog.=) $2".to_string(),
+        Placement::Citus { dist, .. } => format!("{} AND {}", key_match(id, dist.as_ref(), "$2", "$3"), unchanged(e, source, kind, "$4")),
     };
     let sql = format!(
         "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE {matches}",
@@ -360,7 +427,7 @@ pub fn write_target(
 /// Copy `source` into `target` for the rows whose id is in `ids` (`among`) or not in it.
 fn copy_source(id: &Column, source: &Column, target: &Column, ids: Vec<String>, among: bool) {
     let copy = format!(
-        "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE {not}(t.{id}::text = ANY($1))",
+        "UPDATE {rel} AS t SET {tgt} = t.{src} WHERE {not}(t.{id}::pg_catalog.text OPERATOR(pg_catalog.=) ANY($1))",
         rel = source.rel_sql,
         tgt = target.ident,
         src = source.ident,

@@ -52,13 +52,13 @@ pub struct Written {
 }
 
 /// Write `rows` (backing up what is overwritten under `fit_id`).
-pub fn write(corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Reporter) -> Written {
+pub fn write(e: &crate::catalog::Ext, corpus: &Corpus, fit_id: i64, rows: &[RowWrite], reporter: &mut Reporter) -> Written {
     if !corpus.writing {
         return Written { rows: 0, skipped: 0 };
     }
     let written = match &corpus.target {
-        None => write::write_in_place(corpus.oid, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, write::Since::ThisTransaction, reporter),
-        Some(t) => write::write_target(&corpus.placement, &corpus.id, &corpus.emb, corpus.kind, t, rows, reporter),
+        None => write::write_in_place(e, corpus.oid, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, fit_id, rows, write::Since::ThisTransaction, reporter),
+        Some(t) => write::write_target(e, &corpus.placement, &corpus.id, &corpus.emb, corpus.kind, t, rows, reporter),
     };
     let skipped = rows.len() as i64 - written;
     if skipped > 0 {

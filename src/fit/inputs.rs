@@ -46,7 +46,7 @@ impl Lock {
             "table" => Lock::Table,
             _ => invalid(
                 format!("unknown lock \"{s}\""),
-                "Use 'rows' (the default: the application's INSERT, UPDATE and DELETE go on during the fit) or 'table' (they wait until it commits).",
+                "Use 'rows' (the default: the application's INSERT, UPDATE and DELETE go on meanwhile) or 'table' (they wait until it commits).",
             ),
         }
     }
@@ -58,7 +58,7 @@ impl Lock {
         }
     }
 
-    fn mode_sql(self) -> &'static str {
+    pub fn mode_sql(self) -> &'static str {
         match self {
             Lock::Rows => "SHARE UPDATE EXCLUSIVE",
             Lock::Table => "SHARE ROW EXCLUSIVE",
@@ -70,6 +70,9 @@ impl Lock {
 /// table and LOCK it in the mode of `a.lock` (see [`Lock`]); readers always go on.
 pub fn resolve(a: &FitArgs) -> Corpus {
     let rel = columns::relation(a.corpus);
+    if !crate::catalog::has_table_privilege(a.corpus, pg_sys::ACL_SELECT) {
+        raise(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {}", rel.sql));
+    }
     let id = rel.column(a.id_column, "the id column that qrels.doc_id refers to");
     let (emb, kind) = rel.vector_column(a.embedding, "an embedding column");
     let target = a.target.map(|t| {
@@ -88,10 +91,9 @@ pub fn resolve(a: &FitArgs) -> Corpus {
     let writing = !a.dry_run;
     let placement = citus::placement(a.corpus, &id);
     if writing {
-        let relkind = Spi::get_one_with_args::<String>("SELECT relkind::text FROM pg_class WHERE oid = $1", &[a.corpus.into()])
-            .or_raise()
-            .unwrap_or_default();
-        if !matches!(relkind.as_str(), "r" | "p") {
+        // SAFETY: a syscache lookup of a relation that exists.
+        let relkind = unsafe { pg_sys::get_rel_relkind(a.corpus) } as u8;
+        if !matches!(relkind, b'r' | b'p') {
             raise_with(
                 Code::ERRCODE_WRONG_OBJECT_TYPE,
                 format!("cannot write nudged vectors into {}: it is not a table", rel.sql),

@@ -29,6 +29,7 @@ mod originals;
 mod pass;
 mod pushdown;
 mod record;
+mod revert;
 pub(crate) mod stage;
 
 use nudge_core::gamma::{FitPass, Selection};
@@ -55,6 +56,7 @@ type FitRow = (
 /// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn nudge_fit(
     corpus: Option<PgRelation>,
     embedding: Option<&str>,
@@ -121,6 +123,7 @@ fn nudge_fit(
 /// from the original vectors (as every fit does) and is recorded as a new fit. `lock` is the
 /// call's own (not the recorded fit's), and so is `staged`.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn nudge_refit(
     fit_id: i64,
     dry_run: default!(bool, false),
@@ -194,6 +197,7 @@ struct Recorded {
     negative_rule: String,
     folds: Option<i32>,
     update_from: Option<String>,
+    created_by: String,
 }
 
 impl Recorded {
@@ -202,8 +206,9 @@ impl Recorded {
             let t = c.select(
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
-                        gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status
-                   FROM nudge.fits WHERE fit_id = $1",
+                        gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status,
+                        created_by::pg_catalog.text
+                   FROM nudge.fits WHERE fit_id OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[fit_id.into()],
             )?;
@@ -232,6 +237,7 @@ impl Recorded {
                 update_from: t.get(17)?,
                 embedding_type: t.get(18)?.unwrap(),
                 status: t.get(19)?.unwrap(),
+                created_by: t.get(20)?.unwrap(),
             }))
         })
         .or_raise()
@@ -239,15 +245,23 @@ impl Recorded {
 }
 
 /// The corpus pass: on the workers of a Citus distributed table, else read here.
-fn corpus_pass<P: pass::CorpusPass>(corpus: &inputs::Corpus, labels: &labels::Labels, pass: P, originals: &originals::Originals, reporter: &mut Reporter) -> (P, pass::Addresses) {
+fn corpus_pass<P: pass::CorpusPass>(
+    ext: &crate::catalog::Ext,
+    corpus: &inputs::Corpus,
+    labels: &labels::Labels,
+    pass: P,
+    originals: &originals::Originals,
+    reporter: &mut Reporter,
+) -> (P, pass::Addresses) {
     match corpus.placement {
-        Placement::Citus { pushdown: true, .. } => pushdown::pass(corpus, labels, pass, originals, reporter),
+        Placement::Citus { pushdown: true, .. } => pushdown::pass(ext, corpus, labels, pass, originals, reporter),
         _ => pass::local(corpus, labels, pass, originals, reporter),
     }
 }
 
 /// A fit, phase by phase.
 fn run(a: &FitArgs) -> FitRow {
+    let ext = crate::catalog::current();
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
     let update_from = config::parse_update_from(a, &config);
@@ -256,14 +270,14 @@ fn run(a: &FitArgs) -> FitRow {
     }
     let corpus = inputs::resolve(a);
     if corpus.writing {
-        stage::refuse_while_staged(a.corpus, &corpus.emb.name);
+        stage::refuse_while_staged(&ext, a.corpus, &corpus.emb.name);
     }
 
     reporter.report("reading queries", 0, None);
     let split = config::split(a, &config);
     let held_out = !matches!(split, Split::Folds(_)) && !matches!(config.selection, Selection::Fixed(_));
     let labels = labels::read_and_split(a, split, held_out);
-    let originals = originals::read(a.corpus, &corpus.emb);
+    let originals = originals::read(&ext, a.corpus, &corpus.emb);
 
     // the corpus pass and the choice of gamma: on a held-out split (the update from the training
     // queries, or from all), or by k folds
@@ -271,14 +285,14 @@ fn run(a: &FitArgs) -> FitRow {
         Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
             let (queries, qrels, validation) = labels::train_then_validation(&labels);
             let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
-            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
         }
         Split::Tables | Split::Fraction(_) => {
             let moving = labels::moving_set(&labels);
             let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
-            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (outcome, addresses, labels.validation.vectors.nrows(), None)
         }
@@ -286,22 +300,23 @@ fn run(a: &FitArgs) -> FitRow {
             let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
             let (train, n) = (&labels.train, labels.n_labelled());
             let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
-            let (pass, addresses) = corpus_pass(&corpus, &labels, pass, &originals, &mut reporter);
+            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
         }
     };
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 
-    let fit_id = record::next_fit_id();
+    let fit_id = crate::catalog::next_fit_id(&ext);
     let written = if a.staged {
-        stage::stage(&corpus, fit_id, &rows, &mut reporter);
+        stage::stage(&ext, &corpus, fit_id, &rows, &mut reporter);
         apply::Written { rows: 0, skipped: 0 }
     } else {
-        apply::write(&corpus, fit_id, &rows, &mut reporter)
+        apply::write(&ext, &corpus, fit_id, &rows, &mut reporter)
     };
     let seconds = reporter.elapsed();
     record::insert(
+        &ext,
         a,
         &record::Done {
             fit_id,

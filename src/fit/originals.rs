@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
+use crate::catalog::{self, Ext};
 use crate::columns::{Column, VecKind};
 use crate::error::OrRaise;
 use crate::read::{self, push_embedding};
@@ -25,28 +26,47 @@ pub type Originals = HashMap<String, Original>;
 /// value it overwrote; walking a row's backups from the newest fit back, the chain goes on
 /// while a fit overwrote exactly what the fit before it wrote. Where it breaks, the
 /// application changed the row in between, and that value is the row's original.
-pub fn read(corpus: pg_sys::Oid, emb: &Column) -> Originals {
+pub fn read(e: &Ext, corpus: pg_sys::Oid, emb: &Column) -> Originals {
     let mut out: Originals = HashMap::new();
+    // The catalog is read as its owner, for a caller who may read every row of the table
+    // (backups include rows a row-level security policy would hide).
     // (two simple queries rather than a join: most fits find no applied fit, and the first
     // one is all they plan)
-    let fits = Spi::get_one_with_args::<Vec<i64>>(
-        "SELECT array_agg(f.fit_id) FROM nudge.fits f
-          WHERE f.corpus = $1::oid::regclass AND f.embedding = $2 AND f.embedding_type = $3
-            AND f.target IS NULL AND f.status = 'applied'",
-        &[corpus.into(), emb.name.clone().into(), emb.type_sql.clone().into()],
-    )
-    .or_raise()
-    .unwrap_or_default();
+    let fits: Vec<i64> = catalog::as_owner(e, || {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT f.fit_id, f.embedding_type FROM nudge.fits AS f
+                  WHERE f.corpus::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND f.embedding OPERATOR(pg_catalog.=) $2
+                    AND f.target IS NULL AND f.status OPERATOR(pg_catalog.=) 'applied'",
+                None,
+                &[corpus.into(), emb.name.clone().into()],
+            )?;
+            let mut fits = Vec::new();
+            for r in t {
+                if let (Some(id), Some(ty)) = (r.get::<i64>(1)?, r.get::<String>(2)?) {
+                    if catalog::same_type(&ty, &emb.type_sql) {
+                        fits.push(id);
+                    }
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(fits)
+        })
+        .or_raise()
+    });
     if fits.is_empty() {
         return out;
     }
-    let sql = "SELECT b.row_id, COALESCE(b.original, CAST(b.original_double AS real[])), b.written,
-                      COALESCE(public.nudge_digest(b.original), public.nudge_digest(b.original_double))
-                 FROM nudge.fit_backups b
-                WHERE b.fit_id = ANY($1) AND b.corpus = $2::oid::regclass
-                ORDER BY b.row_id, b.fit_id DESC";
+    catalog::require_read_vectors(corpus, &emb.rel_sql, "backups of earlier fits");
+    let digest = catalog::func(e, "nudge_digest");
+    let sql = format!(
+        "SELECT b.row_id, COALESCE(b.original, CAST(b.original_double AS pg_catalog.float4[])), b.written,
+                COALESCE({digest}(b.original), {digest}(b.original_double))
+           FROM nudge.fit_backups AS b
+          WHERE b.fit_id OPERATOR(pg_catalog.=) ANY($1) AND b.corpus::pg_catalog.oid OPERATOR(pg_catalog.=) $2
+          ORDER BY b.row_id, b.fit_id DESC"
+    );
     let mut current: Option<(String, bool)> = None; // row id, chain unbroken
-    read::for_each_batch(sql, &[fits.into(), corpus.into()], |b| {
+    catalog::as_owner(e, || read::for_each_batch(&sql, &[fits.into(), corpus.into()], |b| {
         for row in 0..b.len() {
             let rid = b.text(row, 1).unwrap_or_default();
             let what = || format!("backup of row {rid:?}");
@@ -69,6 +89,6 @@ pub fn read(corpus: pg_sys::Oid, emb: &Column) -> Originals {
                 }
             }
         }
-    });
+    }));
     out
 }

@@ -127,7 +127,7 @@ fn address_columns(corpus: &Corpus) -> String {
     match (&corpus.placement, corpus.writing) {
         (_, false) | (Placement::Citus { dist: None, .. }, _) => String::new(),
         (Placement::Local, true) => ", t.tableoid, t.ctid".into(),
-        (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::text", d.ident),
+        (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::pg_catalog.text", d.ident),
     }
 }
 

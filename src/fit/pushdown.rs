@@ -24,7 +24,7 @@ use crate::exec::Reporter;
 use crate::shard::{self, Request};
 use crate::write::{At, RowAddr};
 
-pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, originals: &Originals, reporter: &mut Reporter) -> (P, Addresses) {
+pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &Labels, mut pass: P, originals: &Originals, reporter: &mut Reporter) -> (P, Addresses) {
     let request = Request {
         spec: pass.shard_spec(),
         labelled: labels.keys.clone(),
@@ -36,7 +36,8 @@ pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, origin
         _ => "NULL".into(),
     };
     let call = format!(
-        "public.nudge_shard_pass({{shards}}, {}, {}, {}, {{request}})",
+        "{}({{shards}}, {}, {}, {}, {{request}})",
+        crate::catalog::func(e, "nudge_shard_pass"),
         quote_literal(&corpus.id.name),
         quote_literal(&corpus.emb.name),
         dist
@@ -46,7 +47,7 @@ pub fn pass<P: CorpusPass>(corpus: &Corpus, labels: &Labels, mut pass: P, origin
     let mut addresses = Addresses { moving: HashMap::new(), previously_moved: Vec::new() };
     let (mut workers, mut reply_bytes) = (0u64, 0u64);
     reporter.report("scanning corpus on the workers", 0, None);
-    citus::on_shards(corpus.oid, &corpus.sql, &call, &request.to_bytes(), |node, bytes| {
+    citus::on_shards(e, corpus.oid, &corpus.sql, &call, &request.to_bytes(), |node, bytes| {
         reply_bytes += bytes.len() as u64;
         let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(node, &corpus.sql, &m));
         let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));

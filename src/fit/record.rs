@@ -5,12 +5,8 @@ use pgrx::prelude::*;
 
 use super::config::{method_name, selection_names, FitArgs, Split, UpdateFrom};
 use super::labels::Labels;
+use crate::catalog::{self, Ext};
 use crate::error::OrRaise;
-
-/// The id the next fit gets (taken before writing: backups carry it).
-pub fn next_fit_id() -> i64 {
-    Spi::get_one::<i64>("SELECT nextval('nudge.fits_fit_id_seq')").or_raise().expect("nextval returns a value")
-}
 
 /// What a fit did, besides its arguments.
 pub struct Done<'a> {
@@ -30,18 +26,21 @@ pub struct Done<'a> {
     pub seconds: f64,
 }
 
-pub fn insert(a: &FitArgs, d: &Done) {
+/// The fit's row, written as the extension's owner (user roles cannot write the catalog);
+/// `created_by` is the calling role.
+pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
     let curve = serde_json::to_string(&d.outcome.curve.iter().map(|(g, v)| [*g, *v]).collect::<Vec<_>>()).unwrap();
     let (gamma_search, metric_name) = selection_names(d.config, a.metric);
-    Spi::run_with_args(
+    let created_by = catalog::caller();
+    catalog::as_owner(e, || Spi::run_with_args(
         "INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, target, queries, qrels,
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
-             update_from, rows_skipped, lock)
-         VALUES ($26, $1::oid::regclass, $2, $3, $4, $5, $6::oid::regclass, $7::oid::regclass, $8::oid::regclass,
-             $9::oid::regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-             $24::jsonb, $27, $25, $28, $29, $30, $31, $32)",
+             update_from, rows_skipped, lock, created_by)
+         VALUES ($26, $1::pg_catalog.regclass, $2, $3, $4, $5, $6::pg_catalog.regclass, $7::pg_catalog.regclass,
+             $8::pg_catalog.regclass, $9::pg_catalog.regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -86,7 +85,8 @@ pub fn insert(a: &FitArgs, d: &Done) {
             d.update_from.name().into(),
             d.written.skipped.into(),
             (!a.dry_run).then_some(a.lock.name()).into(),
+            created_by.into(),
         ],
-    )
+    ))
     .or_raise();
 }

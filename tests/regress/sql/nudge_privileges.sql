@@ -1,9 +1,9 @@
 -- Privileges, with real roles: nudge's functions run with the caller's rights. A role that
 -- may only SELECT the corpus cannot write it (a dry run still works); a role without SELECT
 -- cannot read it; nudge_revert needs UPDATE on the table; the backups in nudge.fit_backups
--- are visible only to roles that may SELECT every row of their table; and nobody can plant a
--- fit or a backup that nudge_fit or nudge_revert would later write into a table that role
--- cannot UPDATE. t() is nudge_bad_input's: SQLSTATE and message, then whether the table is
+-- are visible only to roles that may SELECT every row of their table; and no role can write
+-- nudge's catalog itself (only nudge does), so nobody can plant a fit or a backup that
+-- nudge_fit or nudge_revert would later write, or change a fit's status. t() is nudge_bad_input's: SQLSTATE and message, then whether the table is
 -- byte-identical (read by a SECURITY DEFINER helper, whatever the current role may see).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS nudge;
@@ -93,8 +93,8 @@ SELECT t('SELECT nudge_revert(' || :owner_fit || ')');
 SELECT t('SELECT * FROM nudge_refit(' || :owner_fit || ')');
 SELECT t('SELECT * FROM nudge_refit(' || :owner_fit || ', dry_run => true)');
 SELECT count(*) AS reader_sees_backups FROM nudge.fit_backups WHERE fit_id = :owner_fit;
--- it cannot record an applied fit, nor one under a fit_id it did not just draw
-SELECT nextval('nudge.fits_fit_id_seq') AS drawn \gset
+-- it cannot draw a fit id, record a fit or change one
+SELECT t($$SELECT nextval('nudge.fits_fit_id_seq')$$, 'nudge.fits');
 SELECT t($$INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, queries, qrels, method,
              gamma_search, negative_rule, gamma, train_queries, validation_query_count, records_moving,
              records_changed, rows_written, seconds, status)
@@ -127,11 +127,11 @@ SELECT t('INSERT INTO nudge.fit_backups VALUES (' || :owner_fit || $$, 'priv.doc
 RESET ROLE;
 
 -- == a role with SELECT on the corpus and UPDATE on a table of its own (the two roles above
--- together) records a dry-run fit of docs and backs up "its" rows under it, naming its own
--- table: the owner's next fit and reverts ignore all of it
+-- together) tries to record a fit of docs and back up "its" rows under it, naming its own
+-- table: refused, and the owner's next fit is what it would have been
 GRANT nudge_outsider TO nudge_reader;
 SET ROLE nudge_reader;
-SELECT nextval('nudge.fits_fit_id_seq') AS planted \gset
+SELECT t($$SELECT nextval('nudge.fits_fit_id_seq')$$, 'nudge.fits');
 SELECT t($$INSERT INTO nudge.fits (fit_id, corpus, id_column, embedding, embedding_type, queries, qrels, method,
              gamma_search, negative_rule, gamma, train_queries, validation_query_count, records_moving,
              records_changed, rows_written, seconds, status)
@@ -144,7 +144,6 @@ REVOKE nudge_outsider FROM nudge_reader;
 SELECT embedding AS row5_before FROM docs WHERE id = 5 \gset
 SELECT records_changed > 0 AS refitted FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.2);
 SELECT embedding = :'row5_before' AS row5_untouched, fingerprint('docs') = :'owner_fitted' AS refit_same_as_first_fit FROM docs WHERE id = 5;
-SELECT t('SELECT nudge_revert(' || :planted || ')');
 SELECT nudge_revert(max(fit_id)) > 0 AS reverted FROM nudge.fits WHERE corpus = 'docs'::regclass AND status = 'applied';
 
 -- == UPDATE without SELECT: it may lock the table but read nothing, so it can neither fit

@@ -142,3 +142,28 @@ impl Relation {
         }
     }
 }
+
+/// A `regclass` argument, kept as its OID. (pgrx's `PgRelation` opens the relation while
+/// reading the argument, so an OID that names no relation would fail with XX000 there;
+/// [`relation`] refuses it with 42P01 instead.)
+pub struct RegClass(pub pg_sys::Oid);
+
+impl FromDatum for RegClass {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
+        // SAFETY: a regclass datum is an OID.
+        (!is_null).then(|| RegClass(unsafe { pg_sys::Oid::from_datum(datum, false) }.unwrap_or(pg_sys::InvalidOid)))
+    }
+}
+
+// SAFETY: read through FromDatum above, as pgrx reads its own argument types.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for RegClass {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or(RegClass(pg_sys::InvalidOid))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: pgrx::callconv::Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+pgrx::impl_sql_translatable!(RegClass, "regclass");

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use ndarray::Array2;
 use nudge_core::knn::{Distance, TopK};
 use pgrx::prelude::*;
-use pgrx::PgRelation;
+use crate::columns::RegClass;
 
 use crate::citus::Placement;
 use crate::columns::{self, Column, VecKind};
@@ -37,10 +37,10 @@ type EvalRow = (
 #[pg_extern(stable, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn nudge_evaluate(
-    corpus: PgRelation,
+    corpus: RegClass,
     embedding: &str,
-    queries: PgRelation,
-    qrels: PgRelation,
+    queries: RegClass,
+    qrels: RegClass,
     k: default!(i32, 10),
     id_column: default!(&str, "'id'"),
     distance: default!(&str, "'cosine'"),
@@ -54,8 +54,7 @@ fn nudge_evaluate(
         name!(mrr, f64),
     ),
 > {
-    let (c, q, r) = (corpus.oid(), queries.oid(), qrels.oid());
-    drop((corpus, queries, qrels));
+    let (c, q, r) = (corpus.0, queries.0, qrels.0);
     TableIterator::once(evaluate(c, embedding, q, r, k, id_column, distance))
 }
 

@@ -35,7 +35,7 @@ pub(crate) mod stage;
 use nudge_core::gamma::{FitPass, Selection};
 use nudge_core::kfold::KFoldPass;
 use pgrx::prelude::*;
-use pgrx::PgRelation;
+use crate::columns::RegClass;
 
 use crate::citus::Placement;
 use crate::error::{raise, OrRaise, PgSqlErrorCode as Code};
@@ -58,14 +58,14 @@ type FitRow = (
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn nudge_fit(
-    corpus: Option<PgRelation>,
+    corpus: Option<RegClass>,
     embedding: Option<&str>,
-    queries: Option<PgRelation>,
-    qrels: Option<PgRelation>,
+    queries: Option<RegClass>,
+    qrels: Option<RegClass>,
     id_column: default!(Option<&str>, "'id'"),
     method: default!(Option<&str>, "'nudge_n'"),
-    validation_queries: default!(Option<PgRelation>, "NULL"),
-    validation_qrels: default!(Option<PgRelation>, "NULL"),
+    validation_queries: default!(Option<RegClass>, "NULL"),
+    validation_qrels: default!(Option<RegClass>, "NULL"),
     validation_fraction: default!(Option<f64>, "NULL"),
     seed: default!(Option<i32>, 0),
     metric: default!(Option<&str>, "'ndcg@10'"),
@@ -93,7 +93,7 @@ fn nudge_fit(
 > {
     // Every argument but gamma, target and the validation tables is required: a NULL is an
     // error (the function cannot be STRICT, as those three default to NULL).
-    let oid = |r: Option<PgRelation>, name| required(r, name).oid();
+    let oid = |r: Option<RegClass>, name| required(r, name).0;
     let args = FitArgs {
         corpus: oid(corpus, "corpus"),
         embedding: required(embedding, "embedding"),
@@ -101,7 +101,7 @@ fn nudge_fit(
         qrels: oid(qrels, "qrels"),
         id_column: required(id_column, "id_column"),
         method: required(method, "method"),
-        validation: config::validation_pair(validation_queries.map(|r| r.oid()), validation_qrels.map(|r| r.oid())),
+        validation: config::validation_pair(validation_queries.map(|r| r.0), validation_qrels.map(|r| r.0)),
         validation_fraction,
         seed: required(seed, "seed"),
         metric: required(metric, "metric"),

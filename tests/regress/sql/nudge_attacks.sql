@@ -488,6 +488,13 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
          || chk.u64(nfloats) || floats || chk.u64(0)
 $$;
 
+-- A fit's status, rows written, staged rows and backups, whatever the current role may see
+CREATE FUNCTION chk.fit_state(id bigint) RETURNS text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
+  SELECT format('status %s, rows_written %s, staged rows %s, backups %s', f.status, f.rows_written,
+                (SELECT count(*) FROM nudge.fit_staged AS s WHERE s.fit_id = f.fit_id),
+                (SELECT count(*) FROM nudge.fit_backups AS b WHERE b.fit_id = f.fit_id))
+    FROM nudge.fits AS f WHERE f.fit_id = id
+$$;
 -- After a cycle: the fits of a corpus not reported yet, by status, and whether its ids and
 -- embeddings are exactly as they were before any fit
 CREATE TABLE chk.originals (corpus regclass PRIMARY KEY, fp text);
@@ -504,21 +511,25 @@ BEGIN
                 chk.emb_fp(c) = (SELECT o.fp FROM chk.originals AS o WHERE o.corpus::oid = c::oid));
 END $$;
 
--- cycle(corpus, qrels, schema): every entry point on one corpus, as the current role, under
--- the current search_path: a fit choosing gamma by folds, evaluations, a refit, reverts,
--- dry runs (validation tables, reference search, NUDGE-M; a seeded split), a target column,
--- staged fits applied in batches and reverted, a staged refit, two stacked strict fits, a
--- staged fit dropped, the digest of every row. nudge's functions are called in `schema`
--- (NULL: unqualified). Every name in here is pg_catalog-qualified or nudge's, so a hostile
--- object can only run if nudge names it.
-CREATE PROCEDURE chk.cycle(corpus regclass, qrels regclass, ns text DEFAULT NULL)
+-- cycle(corpus, qrels): every entry point on one corpus, as the current role, under the
+-- current search_path: a fit choosing gamma by folds, evaluations, a refit, reverts, dry runs
+-- (validation tables, reference search, NUDGE-M; a seeded split), a target column, staged
+-- fits applied in batches (progress reported) and reverted, a staged refit, two stacked strict
+-- fits, a staged fit dropped, the digest of every row (as real[]). nudge's functions are called in the
+-- extension's schema (public or other_schema), every other name is pg_catalog's: a hostile
+-- object can only run if nudge itself names it.
+CREATE PROCEDURE chk.cycle(corpus regclass, qrels regclass)
 LANGUAGE plpgsql AS $cycle$
 DECLARE
-  p pg_catalog.text := '';
+  ns pg_catalog.text;
+  p pg_catalog.text;
   fit pg_catalog.text;
+  ty pg_catalog.text;
   a bigint; b bigint; s bigint; x bigint; w bigint; k bigint;
 BEGIN
-  IF ns IS NOT NULL THEN p := pg_catalog.concat(pg_catalog.quote_ident(ns), '.'); END IF;
+  SELECT n.nspname INTO ns FROM pg_catalog.pg_extension AS e JOIN pg_catalog.pg_namespace AS n
+      ON n.oid OPERATOR(pg_catalog.=) e.extnamespace WHERE e.extname OPERATOR(pg_catalog.=) 'nudge';
+  p := pg_catalog.concat(pg_catalog.quote_ident(ns), '.');
   fit := pg_catalog.format('SELECT f.fit_id FROM %snudge_fit(%L, %L, %L, %L', p, corpus, 'embedding', 'attack.q', qrels);
   EXECUTE pg_catalog.concat(fit, ') AS f') INTO a;
   EXECUTE pg_catalog.format('SELECT e.queries FROM %snudge_evaluate(%L, %L, %L, %L) AS e',
@@ -534,10 +545,12 @@ BEGIN
   EXECUTE pg_catalog.concat(fit, ', validation_fraction => 0.25, seed => 3, metric => ''mrr@5'', negative_rule => ''move'', dry_run => true) AS f') INTO x;
   EXECUTE pg_catalog.concat(fit, ', gamma => 0.2, target => ''nudged'') AS f') INTO x;
   EXECUTE pg_catalog.concat(fit, ', gamma => 0.2, staged => true) AS f') INTO s;
-  IF ns IS NULL THEN CALL nudge_apply(s, 3, w, k); ELSE CALL other_schema.nudge_apply(s, 3, w, k); END IF;
+  IF ns OPERATOR(pg_catalog.=) 'other_schema' THEN CALL other_schema.nudge_apply(s, 3, w, k);
+  ELSE CALL public.nudge_apply(s, 3, w, k); END IF;
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s)', p, s) INTO x;
   EXECUTE pg_catalog.format('SELECT f.fit_id FROM %snudge_refit(%s, staged => true) AS f', p, s) INTO s;
-  IF ns IS NULL THEN CALL nudge_apply(s, 100, w, k); ELSE CALL other_schema.nudge_apply(s, 100, w, k); END IF;
+  IF ns OPERATOR(pg_catalog.=) 'other_schema' THEN CALL other_schema.nudge_apply(s, 100, w, k);
+  ELSE CALL public.nudge_apply(s, 100, w, k); END IF;
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s)', p, s) INTO x;
   EXECUTE pg_catalog.concat(fit, ', gamma => 0.2, lock => ''table'') AS f') INTO a;
   EXECUTE pg_catalog.concat(fit, ', gamma => 0.3) AS f') INTO b;
@@ -545,7 +558,14 @@ BEGIN
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s)', p, a) INTO x;
   EXECUTE pg_catalog.concat(fit, ', gamma => 0.2, staged => true) AS f') INTO s;
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s)', p, s) INTO x;
-  EXECUTE pg_catalog.format('SELECT pg_catalog.count(%snudge_digest(t.embedding)) FROM %s AS t', p, corpus) INTO x;
+  SELECT pg_catalog.format_type(a.atttypid, NULL) INTO ty FROM pg_catalog.pg_attribute AS a
+   WHERE a.attrelid OPERATOR(pg_catalog.=) corpus::pg_catalog.oid AND a.attname OPERATOR(pg_catalog.=) 'embedding';
+  IF ty OPERATOR(pg_catalog.=) 'real[]' OR ty OPERATOR(pg_catalog.=) 'double precision[]' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(%snudge_digest(t.embedding)) FROM %s AS t', p, corpus) INTO x;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(%snudge_digest(CAST(t.embedding AS pg_catalog.float4[]))) FROM %s AS t',
+                              p, corpus) INTO x;
+  END IF;
 END
 $cycle$;
 
@@ -582,8 +602,10 @@ SELECT format('%s: %s', p.oid::regprocedure, v.problem)
           THEN 'no SET search_path = pg_catalog, pg_temp' END),
     (CASE WHEN p.prosecdef AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) AS c WHERE c ~ '^search_path="?pg_catalog"?(, *"?pg_temp"?)?$')
           THEN 'SECURITY DEFINER without a pinned search_path' END),
-    (CASE WHEN p.proname IN ('nudge_shard_pass', 'nudge_shard_topk', 'nudge_apply_step')
-               AND has_function_privilege('nudge_plain', p.oid, 'EXECUTE')
+    -- (nudge_apply_step stays executable: CALL nudge_apply runs with the caller's rights and
+    -- calls it; it refuses every role but the one that staged the fit, or a superuser)
+    (CASE WHEN p.proname IN ('nudge_shard_pass', 'nudge_shard_topk')
+               AND has_function_privilege('public', p.oid, 'EXECUTE')
           THEN 'internal, yet executable by PUBLIC' END)) AS v(problem)
  WHERE v.problem IS NOT NULL
  ORDER BY 1
@@ -591,20 +613,20 @@ $$;
 -- What PUBLIC may do to nudge's catalog
 CREATE FUNCTION chk.catalog_rights() RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
 SELECT format('%s: %s', c.oid::regclass,
-              string_agg(format('%s %s', x.p, CASE WHEN has_table_privilege('nudge_plain', c.oid, x.p) THEN 'yes' ELSE 'no' END),
+              string_agg(format('%s %s', x.p, CASE WHEN has_table_privilege('public', c.oid, x.p) THEN 'yes' ELSE 'no' END),
                          ', ' ORDER BY x.o))
   FROM pg_class AS c CROSS JOIN unnest('{SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER}'::text[]) WITH ORDINALITY AS x(p, o)
  WHERE c.relnamespace = 'nudge'::regnamespace::oid AND c.relkind IN ('r', 'v', 'p')
  GROUP BY c.oid
 UNION ALL
 SELECT format('%s: %s', c.oid::regclass,
-              string_agg(format('%s %s', x.p, CASE WHEN has_sequence_privilege('nudge_plain', c.oid, x.p) THEN 'yes' ELSE 'no' END),
+              string_agg(format('%s %s', x.p, CASE WHEN has_sequence_privilege('public', c.oid, x.p) THEN 'yes' ELSE 'no' END),
                          ', ' ORDER BY x.o))
   FROM pg_class AS c CROSS JOIN unnest('{USAGE,UPDATE}'::text[]) WITH ORDINALITY AS x(p, o)
  WHERE c.relnamespace = 'nudge'::regnamespace::oid AND c.relkind = 'S'
  GROUP BY c.oid
 UNION ALL
-SELECT format('schema nudge: CREATE %s', CASE WHEN has_schema_privilege('nudge_plain', 'nudge', 'CREATE') THEN 'yes' ELSE 'no' END)
+SELECT format('schema nudge: CREATE %s', CASE WHEN has_schema_privilege('public', 'nudge', 'CREATE') THEN 'yes' ELSE 'no' END)
 UNION ALL
 SELECT format('functions of nudge in schema public while nudge lives in %s: %s', n.nspname,
               (SELECT count(*) FROM pg_depend AS d JOIN pg_proc AS p ON d.classid = 'pg_proc'::regclass::oid AND d.objid = p.oid
@@ -626,6 +648,7 @@ RESET check_function_bodies;
 -- its labels naming its ids; and a corpus of 160 rows under row-level security
 CREATE SCHEMA attack AUTHORIZATION nudge_owner;
 GRANT USAGE ON SCHEMA attack TO PUBLIC;
+GRANT CREATE ON SCHEMA attack TO nudge_updater;
 SET ROLE nudge_owner;
 CREATE TABLE attack.q AS
 SELECT k AS id, ARRAY(SELECT sin((k * 3 % 40 + 1) * j * 0.41 + j + 0.3 * cos(k * j))::real
@@ -656,14 +679,28 @@ INSERT INTO attack.d_rls SELECT i, e FROM base;
 ALTER TABLE attack.d_rls ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rls_read ON attack.d_rls FOR SELECT USING (true);
 CREATE POLICY rls_update ON attack.d_rls FOR UPDATE TO nudge_updater USING (id <= 100) WITH CHECK (id <= 100);
+CREATE TABLE attack.r_rls_hi AS SELECT k AS query_id, 110 + k AS doc_id FROM generate_series(1, 12) k;
+-- a trigger of the owner on one corpus logs who writes it
+CREATE TABLE attack.trigger_log (who name, superuser boolean, op text);
+GRANT INSERT ON attack.trigger_log TO PUBLIC;
+CREATE TABLE attack.d_trig (id integer PRIMARY KEY, embedding real[], nudged real[]);
+INSERT INTO attack.d_trig SELECT i, e FROM base WHERE i <= 40;
+CREATE FUNCTION attack.log_writer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO attack.trigger_log
+  SELECT CURRENT_USER, r.rolsuper, TG_OP FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER log_writer BEFORE UPDATE ON attack.d_trig FOR EACH ROW EXECUTE FUNCTION attack.log_writer();
 GRANT SELECT ON ALL TABLES IN SCHEMA attack TO nudge_writer, nudge_updater;
+GRANT UPDATE ON attack.d_trig TO nudge_writer;
 GRANT UPDATE ON attack.d_int, attack.d_text TO nudge_writer;
 GRANT UPDATE ON attack.d_rls TO nudge_updater;
 DROP TABLE base;
 RESET ROLE;
 INSERT INTO chk.originals
 SELECT c::regclass, chk.emb_fp(c::regclass)
-  FROM unnest('{attack.d_int,attack.d_big,attack.d_num,attack.d_text,attack.d_vc,attack.d_uuid,attack.d_rls}'::text[]) AS c;
+  FROM unnest('{attack.d_int,attack.d_big,attack.d_num,attack.d_text,attack.d_vc,attack.d_uuid,attack.d_rls,attack.d_trig}'::text[]) AS c;
 \c :regress_db
 CREATE DATABASE nudge_atk TEMPLATE nudge_atk_tpl;
 CREATE DATABASE nudge_atk_pre TEMPLATE nudge_atk_tpl;
@@ -718,6 +755,29 @@ SET ROLE nudge_owner;
 SELECT nudge_revert(fit_id) > 0 AS owner_reverted FROM nudge.fits
  WHERE corpus = 'attack.d_rls'::regclass::oid AND status = 'applied' AND created_by = 'nudge_owner';
 RESET ROLE;
+-- the updater fits d_rls itself, with labels of its own on row 150, beyond its policy: row
+-- 150 is not written and no backup of it is recorded
+SET ROLE nudge_updater;
+CREATE TABLE attack.r150 AS SELECT k AS query_id, 150 AS doc_id FROM generate_series(1, 12) k;
+SELECT chk.t($$SELECT fit_id FROM nudge_fit('attack.d_rls', 'embedding', 'attack.q', 'attack.r150', gamma => 0.2)$$, 'attack.d_rls');
+RESET ROLE;
+SELECT embedding::text = :'row150' AS row150_untouched FROM attack.d_rls WHERE id = 150;
+SELECT count(*) AS backups_of_row150 FROM nudge.fit_backups
+ WHERE corpus::oid = 'attack.d_rls'::regclass::oid AND row_id = '150';
+-- the owner fits rows 111..122; the updater, which may UPDATE rows id <= 100 only, cannot
+-- revert that fit in part (nor mark it reverted): 42501, the fit intact; the owner reverts it
+SET ROLE nudge_owner;
+SELECT fit_id AS hi_fit FROM nudge_fit('attack.d_rls', 'embedding', 'attack.q', 'attack.r_rls_hi', gamma => 0.2) \gset
+RESET ROLE;
+SELECT chk.fit_state(:hi_fit) AS hi_before \gset
+SET ROLE nudge_updater;
+SELECT chk.t('SELECT nudge_revert(' || :hi_fit || ')', 'attack.d_rls');
+SELECT chk.t('SELECT nudge_revert(' || :hi_fit || ', lock => ''table'')', 'attack.d_rls');
+RESET ROLE;
+SELECT chk.fit_state(:hi_fit) = :'hi_before' AS owner_fit_intact;
+SET ROLE nudge_owner;
+SELECT nudge_revert(:hi_fit) > 0 AS owner_reverted;
+RESET ROLE;
 SELECT chk.summary('attack.d_rls');
 
 -- == attack 5: someone else's staged fit. The owner stages a fit of d_int; nudge_writer, which
@@ -726,12 +786,6 @@ SELECT chk.summary('attack.d_rls');
 SET ROLE nudge_owner;
 SELECT fit_id AS staged_fit FROM nudge_fit('attack.d_int', 'embedding', 'attack.q', 'attack.r_int', gamma => 0.2, staged => true) \gset
 RESET ROLE;
-CREATE FUNCTION chk.fit_state(id bigint) RETURNS text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
-  SELECT format('status %s, rows_written %s, staged rows %s, backups %s', f.status, f.rows_written,
-                (SELECT count(*) FROM nudge.fit_staged AS s WHERE s.fit_id = f.fit_id),
-                (SELECT count(*) FROM nudge.fit_backups AS b WHERE b.fit_id = f.fit_id))
-    FROM nudge.fits AS f WHERE f.fit_id = id
-$$;
 SELECT chk.fit_state(:staged_fit) AS staged_before \gset
 SELECT :'staged_before';
 SET ROLE nudge_writer;
@@ -813,6 +867,18 @@ RESET ROLE;
 SELECT chk.summary('attack.d_int');
 SELECT chk.summary('attack.d_text');
 
+-- == code of the corpus's owner (a trigger on its table) runs as the role that called nudge,
+-- never as the role that owns nudge's catalog
+SET ROLE nudge_owner;
+CALL chk.cycle('attack.d_trig', 'attack.r_int');
+RESET ROLE;
+SET ROLE nudge_writer;
+SELECT fit_id AS writer_fit FROM nudge_fit('attack.d_trig', 'embedding', 'attack.q', 'attack.r_int', gamma => 0.2) \gset
+SELECT nudge_revert(:writer_fit) > 0 AS writer_reverted;
+RESET ROLE;
+SELECT who, superuser, op FROM attack.trigger_log GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+SELECT chk.summary('attack.d_trig');
+
 -- == internal entry points: not PUBLIC's. A role without rights gets 42501 from each
 SET ROLE nudge_owner;
 SELECT fit_id AS staged_fit FROM nudge_fit('attack.d_int', 'embedding', 'attack.q', 'attack.r_int', gamma => 0.2, staged => true) \gset
@@ -824,7 +890,6 @@ SELECT chk.t('SELECT nudge_apply_step(' || :staged_fit || ', 10)', 'attack.d_int
 RESET ROLE;
 SET ROLE nudge_owner;
 SELECT chk.t($$SELECT nudge_shard_pass(ARRAY['attack.d_int'::regclass::oid], 'id', 'embedding', NULL, '\x')$$);
-SELECT chk.t('SELECT nudge_apply_step(' || :staged_fit || ', 10)', 'attack.d_int');
 RESET ROLE;
 -- As a superuser: NULLs, bytes that are no message, messages whose sizes lie; an answer or a
 -- clear error, never XX, never a crash (the allocation attacks are at the end of this file)
@@ -1000,7 +1065,7 @@ SELECT fit_id AS staged_fit FROM nudge_fit('attack.d_int', 'embedding', 'attack.
 SELECT chk.t('CALL nudge_apply(' || :staged_fit || ', 0)', 'attack.d_int');
 SELECT chk.t('CALL nudge_apply(' || :staged_fit || ', -1)', 'attack.d_int');
 SELECT chk.t('CALL nudge_apply(' || :staged_fit || ', 2147483647)', 'attack.d_int');
-SELECT nudge_revert(:staged_fit) > 0 AS reverted;
+SELECT nudge_revert(:staged_fit) >= 0 AS reverted_or_dropped;
 RESET ROLE;
 SELECT count(*) FILTER (WHERE sqlstate LIKE 'XX%') AS internal_errors, count(*) AS cases FROM chk.cases;
 SELECT chk.summary('attack.d_int');
@@ -1092,17 +1157,17 @@ RESET search_path;
 SELECT chk.foreign_deps();
 SELECT chk.function_rules();
 SELECT chk.catalog_rights();
-CALL chk.cycle('attack.d_int', 'attack.r_int', 'other_schema');
-CALL chk.cycle('attack.d_uuid', 'attack.r_uuid', 'other_schema');
+CALL chk.cycle('attack.d_int', 'attack.r_int');
+CALL chk.cycle('attack.d_uuid', 'attack.r_uuid');
 SET ROLE nudge_owner;
-CALL chk.cycle('attack.d_text', 'attack.r_text', 'other_schema');
-CALL chk.cycle('attack.d_big', 'attack.r_big', 'other_schema');
+CALL chk.cycle('attack.d_text', 'attack.r_text');
+CALL chk.cycle('attack.d_big', 'attack.r_big');
 RESET ROLE;
 SET search_path = evil, public, pg_catalog;
-CALL chk.cycle('attack.d_num', 'attack.r_num', 'other_schema');
+CALL chk.cycle('attack.d_num', 'attack.r_num');
 SET ROLE nudge_owner;
-CALL chk.cycle('attack.d_vc', 'attack.r_vc', 'other_schema');
-CALL chk.cycle('attack.d_int', 'attack.r_int', 'other_schema');
+CALL chk.cycle('attack.d_vc', 'attack.r_vc');
+CALL chk.cycle('attack.d_int', 'attack.r_int');
 RESET ROLE;
 RESET search_path;
 SELECT chk.marker();

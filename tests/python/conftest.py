@@ -9,6 +9,9 @@ if it exists and left in place afterwards for post-mortems.
 If the server cannot be reached the database tests are skipped, unless NUDGE_REQUIRE_PG=1,
 in which case they fail. Once connected, any error (e.g. CREATE EXTENSION nudge) fails.
 
+nudge is installed in schema NUDGE_EXT_SCHEMA (default "nudge_ext", not public: the suite
+checks that nudge works wherever it is installed), which the database's search_path includes.
+
 Other variables: NUDGE_SCIFACT_DIR (default <repo>/data/scifact).
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pg_util import DIM, column_md5, read_vectors, vec_text  # noqa: E402
 
 DATA_DIR = os.environ.get("NUDGE_SCIFACT_DIR", str(ROOT / "data" / "scifact"))
 TEST_DB = os.environ.get("NUDGE_TEST_DB", "nudge_pytest")
+EXT_SCHEMA = os.environ.get("NUDGE_EXT_SCHEMA", "nudge_ext")
 
 
 # --------------------------------------------------------------------------- numpy side
@@ -77,10 +81,14 @@ def db():
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(TEST_DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DB)))
+        if EXT_SCHEMA != "public":
+            admin.execute(sql.SQL("ALTER DATABASE {} SET search_path = \"$user\", public, {}").format(
+                sql.Identifier(TEST_DB), sql.Identifier(EXT_SCHEMA)))
 
     conn = psycopg.connect(dbname=TEST_DB, autocommit=True, connect_timeout=10)
     conn.execute("CREATE EXTENSION vector")
-    conn.execute("CREATE EXTENSION nudge")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXT_SCHEMA)))
+    conn.execute(sql.SQL("CREATE EXTENSION nudge SCHEMA {}").format(sql.Identifier(EXT_SCHEMA)))
     yield conn
     conn.close()
 

@@ -25,6 +25,15 @@ pub enum NudgeError {
     UnknownRecord { what: String, key: u64 },
     /// `check_interrupts` asked to stop.
     Cancelled,
+    /// A size (of an input, or of what it would make nudge allocate) is above a hard limit of
+    /// nudge's (SQLSTATE 54000 in the extension).
+    TooLarge {
+        what: String,
+        found: u64,
+        limit: u64,
+    },
+    /// Bytes that do not decode as the message `what` (SQLSTATE 22P03 in the extension).
+    Malformed { what: &'static str, message: String },
 }
 
 impl fmt::Display for NudgeError {
@@ -54,6 +63,10 @@ impl fmt::Display for NudgeError {
                 write!(f, "{what} with key {key} was not found")
             }
             NudgeError::Cancelled => write!(f, "operation cancelled"),
+            NudgeError::TooLarge { what, found, limit } => {
+                write!(f, "{what} ({found}) exceeds nudge's limit of {limit}")
+            }
+            NudgeError::Malformed { what, message } => write!(f, "malformed {what}: {message}"),
         }
     }
 }
@@ -67,6 +80,27 @@ pub(crate) fn invalid(name: &'static str, message: impl Into<String>) -> NudgeEr
     NudgeError::InvalidParameter {
         name,
         message: message.into(),
+    }
+}
+
+pub(crate) fn too_large(
+    what: impl Into<String>,
+    found: impl TryInto<u64>,
+    limit: usize,
+) -> NudgeError {
+    NudgeError::TooLarge {
+        what: what.into(),
+        found: found.try_into().unwrap_or(u64::MAX),
+        limit: limit as u64,
+    }
+}
+
+/// Fails with [`NudgeError::TooLarge`] unless `found <= limit`.
+pub(crate) fn at_most(what: &str, found: usize, limit: usize) -> Result<()> {
+    if found <= limit {
+        Ok(())
+    } else {
+        Err(too_large(what, found, limit))
     }
 }
 
@@ -103,6 +137,11 @@ mod tests {
                 key: 7,
             },
             NudgeError::Cancelled,
+            too_large("vector dimension", 20000usize, 16000),
+            NudgeError::Malformed {
+                what: "shard spec",
+                message: "truncated".into(),
+            },
         ];
         let expected = [
             "invalid value for parameter \"k\": must be at least 1",
@@ -112,12 +151,14 @@ mod tests {
             "no training queries",
             "moving record with key 7 was not found",
             "operation cancelled",
+            "vector dimension (20000) exceeds nudge's limit of 16000",
+            "malformed shard spec: truncated",
         ];
         for (e, want) in all.iter().zip(expected) {
             let s = e.to_string();
             assert_eq!(s, want);
             assert!(!s.ends_with('.'));
-            assert!(s.chars().next().unwrap().is_lowercase() || s.starts_with("row"));
+            assert!(s.chars().next().unwrap().is_lowercase());
         }
     }
 }

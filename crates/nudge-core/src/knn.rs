@@ -100,9 +100,11 @@ fn worse(a: (f32, u64), b: (f32, u64)) -> bool {
 
 impl Heap {
     pub fn new(k: usize) -> Self {
+        // grows with the candidates offered: a heap per query of a request must not reserve
+        // k entries up front (queries x k can be far more than the corpus has rows)
         Heap {
             k,
-            items: Vec::with_capacity(k.min(4096)),
+            items: Vec::new(),
         }
     }
 

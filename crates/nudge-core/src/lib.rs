@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod nudge;
 pub mod partial;
 pub mod split;
+pub mod wire;
 #[cfg(test)]
 pub(crate) mod testutil;
 

@@ -27,20 +27,22 @@
 //! Wire formats (little-endian, hand-written, version 1): `ShardSpec`: `"NDGS" 1 dim k nq nm
 //! queries[nq*dim]:f32 keys[nm]:u64`; `Partial`: `"NDGP" 1 k rows_seen nq {len (score:f32
 //! key:u64)*len}*nq nm {key len v[len]:f32}*nm`; unmarked counts are u64, `k = 0` means no
-//! static search. Decoding validates everything and never panics.
+//! static search. Decoding validates everything and never panics; sizes are checked against
+//! the bytes present and the limits of [`crate::wire`] before anything is allocated
+//! (`Malformed`, `TooLarge`).
 
 use std::cmp::Ordering;
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::error::{invalid, mismatch, NudgeError, Result};
+use crate::error::{at_most, invalid, mismatch, NudgeError, Result};
 use crate::exec::Hooks;
 use crate::gamma::check_batch;
 use crate::knn::{row_norms2, Engine, Mode};
+use crate::wire::{check_dim, check_top_k, Reader, Writer, MAX_DIM, MAX_K, MAX_RECORDS};
 
 const SPEC_MAGIC: &[u8; 4] = b"NDGS";
 const PARTIAL_MAGIC: &[u8; 4] = b"NDGP";
-const VERSION: u8 = 1;
 
 /// What a shard needs for its part of a fit pass (from [`FitPass::shard_spec`](crate::FitPass::shard_spec)).
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +74,9 @@ pub struct Partial {
 pub struct ShardPass {
     spec: ShardSpec,
     engine: Option<Engine>,
-    original: Array2<f32>,
+    /// The moving records this shard holds: (position in `moving_keys`, original vector).
+    /// Grows with the rows found, not with the spec's moving keys (most are on other shards).
+    found: Vec<(usize, Vec<f32>)>,
     seen: Vec<bool>,
     rows_seen: u64,
 }
@@ -89,7 +93,15 @@ fn dup_key(key: u64) -> NudgeError {
 }
 
 impl ShardSpec {
+    /// The spec's shape within the limits of a pushed-down pass (`TooLarge`), then its values.
     fn validate(&self) -> Result<()> {
+        check_dim(self.dim)?;
+        check_top_k(self.queries.nrows(), self.k.unwrap_or(0))?;
+        at_most(
+            "number of moving records of a pushed-down pass",
+            self.moving_keys.len(),
+            MAX_RECORDS,
+        )?;
         if self.dim == 0 {
             return Err(invalid("spec", "dimension must be at least 1"));
         }
@@ -137,16 +149,22 @@ impl ShardSpec {
         w.0
     }
 
-    /// Decodes and validates [`to_bytes`](Self::to_bytes) output (`InvalidParameter` if malformed).
+    /// Decodes and validates [`to_bytes`](Self::to_bytes) output: `Malformed` if it is not a
+    /// valid spec, `TooLarge` if a size is above a limit of [`crate::wire`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(bytes, SPEC_MAGIC)?;
-        let dim = r.usize()?;
-        let k = r.usize()?;
-        let nq = r.count(0)?;
-        let nm = r.count(0)?;
-        let nf = nq
-            .checked_mul(dim)
-            .ok_or_else(|| malformed("sizes overflow"))?;
+        let mut r = Reader::new(bytes, SPEC_MAGIC, "shard spec")?;
+        let dim = r.size()?;
+        let k = r.size()?;
+        let nq = r.size()?;
+        let nm = r.size()?;
+        check_dim(dim)?;
+        check_top_k(nq, k)?;
+        at_most(
+            "number of moving records of a pushed-down pass",
+            nm,
+            MAX_RECORDS,
+        )?;
+        let nf = nq * dim; // at most 2^20 * 16000
         r.need(nf, 4)?;
         let q: Vec<f32> = (0..nf).map(|_| r.f32()).collect::<Result<_>>()?;
         r.need(nm, 8)?;
@@ -155,15 +173,21 @@ impl ShardSpec {
         let spec = ShardSpec {
             dim,
             k: (k > 0).then_some(k),
-            queries: Array2::from_shape_vec((nq, dim), q).map_err(|_| malformed("query shape"))?,
+            queries: Array2::from_shape_vec((nq, dim), q)
+                .map_err(|_| r.malformed("query shape"))?,
             moving_keys,
         };
-        spec.validate().map_err(|e| malformed(&e.to_string()))?;
+        spec.validate().map_err(|e| match e {
+            NudgeError::TooLarge { .. } => e,
+            e => r.malformed(e.to_string()),
+        })?;
         Ok(spec)
     }
 }
 
 impl ShardPass {
+    /// Checks the spec (sizes within the limits of [`crate::wire`]: `TooLarge`; then its
+    /// values). What it allocates is proportional to the spec's own size.
     pub fn new(spec: ShardSpec) -> Result<Self> {
         spec.validate()?;
         let engine = spec
@@ -171,7 +195,7 @@ impl ShardPass {
             .map(|k| Engine::new(spec.queries.clone(), k, Mode::Normalised));
         let n = spec.moving_keys.len();
         Ok(ShardPass {
-            original: Array2::zeros((n, spec.dim)),
+            found: Vec::new(),
             seen: vec![false; n],
             engine,
             spec,
@@ -196,7 +220,7 @@ impl ShardPass {
             hooks,
         )?;
         for &(row, p) in &hits {
-            self.original.row_mut(p).assign(&vectors.row(row));
+            self.found.push((p, vectors.row(row).to_vec()));
             self.seen[p] = true;
         }
         self.rows_seen += keys.len() as u64;
@@ -217,15 +241,10 @@ impl ShardPass {
     }
 
     pub fn finish(self) -> Partial {
-        let moving = self
-            .spec
-            .moving_keys
-            .iter()
-            .zip(&self.seen)
-            .zip(self.original.outer_iter())
-            .filter(|((_, &s), _)| s)
-            .map(|((&key, _), v)| (key, v.to_vec()))
-            .collect();
+        let mut found = self.found;
+        found.sort_unstable_by_key(|f| f.0);
+        let keys = &self.spec.moving_keys;
+        let moving = found.into_iter().map(|(p, v)| (keys[p], v)).collect();
         Partial {
             k: self.spec.k.unwrap_or(0),
             statics: self.engine.map(|e| e.sorted()).unwrap_or_default(),
@@ -315,22 +334,27 @@ impl Partial {
     }
 
     /// Decodes [`to_bytes`](Self::to_bytes) output, checking the structure (static lists of at
-    /// most `k`, best first, no NaN; moving keys ascending, finite vectors); `InvalidParameter`
-    /// if malformed.
+    /// most `k`, best first, no NaN; moving keys ascending, finite vectors of one dimension):
+    /// `Malformed` if it is not a valid partial, `TooLarge` if a size is above a limit of
+    /// [`crate::wire`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(bytes, PARTIAL_MAGIC)?;
-        let k = r.usize()?;
+        let mut r = Reader::new(bytes, PARTIAL_MAGIC, "shard partial result")?;
+        let k = r.size()?;
+        at_most("k of a pushed-down top-k", k, MAX_K)?;
         let rows_seen = r.u64()?;
-        let nq = r.count(8)?;
+        let nq = r.size()?;
+        check_top_k(nq, k)?;
+        r.need(nq, 8)?;
         if k == 0 && nq > 0 {
-            return Err(malformed("static lists without k"));
+            return Err(r.malformed("static lists without k"));
         }
         let mut statics = Vec::with_capacity(nq);
         for _ in 0..nq {
-            let len = r.count(12)?;
+            let len = r.size()?;
             if len > k {
-                return Err(malformed("a static list is longer than k"));
+                return Err(r.malformed("a static list is longer than k"));
             }
+            r.need(len, 12)?;
             let list: Vec<(f32, u64)> = (0..len)
                 .map(|_| Ok((r.f32()?, r.u64()?)))
                 .collect::<Result<_>>()?;
@@ -339,21 +363,27 @@ impl Partial {
                     .windows(2)
                     .any(|w| best_first(&w[0], &w[1]) != Ordering::Less)
             {
-                return Err(malformed("a static list is not sorted best first"));
+                return Err(r.malformed("a static list is not sorted best first"));
             }
             statics.push(list);
         }
-        let nm = r.count(16)?;
+        let nm = r.count(
+            "number of moving records of a pushed-down pass",
+            MAX_RECORDS,
+            16,
+        )?;
         let mut moving: Vec<(u64, Vec<f32>)> = Vec::with_capacity(nm);
         for _ in 0..nm {
             let key = r.u64()?;
-            let len = r.count(4)?;
-            let v: Vec<f32> = (0..len).map(|_| r.f32()).collect::<Result<_>>()?;
+            let v = r.f32s("dimension of a moving vector", MAX_DIM)?;
+            if v.is_empty() || moving.first().is_some_and(|m| m.1.len() != v.len()) {
+                return Err(r.malformed("moving vectors of different or zero dimensions"));
+            }
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(malformed("a moving vector is not finite"));
+                return Err(r.malformed("a moving vector is not finite"));
             }
             if moving.last().is_some_and(|m| m.0 >= key) {
-                return Err(malformed("moving keys are not sorted ascending"));
+                return Err(r.malformed("moving keys are not sorted ascending"));
             }
             moving.push((key, v));
         }
@@ -364,83 +394,6 @@ impl Partial {
             moving,
             rows_seen,
         })
-    }
-}
-
-fn malformed(why: &str) -> NudgeError {
-    invalid("partial", format!("malformed shard data: {why}"))
-}
-
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn new(magic: &[u8; 4], cap: usize) -> Self {
-        let mut v = Vec::with_capacity(5 + cap);
-        v.extend_from_slice(magic);
-        v.push(VERSION);
-        Writer(v)
-    }
-    fn u64(&mut self, x: u64) {
-        self.0.extend_from_slice(&x.to_le_bytes());
-    }
-    fn f32(&mut self, x: f32) {
-        self.0.extend_from_slice(&x.to_le_bytes());
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], magic: &[u8; 4]) -> Result<Self> {
-        let mut r = Reader(bytes);
-        if r.take(4)? != magic {
-            return Err(malformed("wrong magic"));
-        }
-        match r.take(1)?[0] {
-            VERSION => Ok(r),
-            v => Err(malformed(&format!("unsupported version {v}"))),
-        }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.0.len() < n {
-            return Err(malformed("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn f32(&mut self) -> Result<f32> {
-        Ok(f32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn usize(&mut self) -> Result<usize> {
-        usize::try_from(self.u64()?).map_err(|_| malformed("size out of range"))
-    }
-    /// Fails unless `n` items of at least `size` bytes each can still follow.
-    fn need(&self, n: usize, size: usize) -> Result<()> {
-        match n.checked_mul(size) {
-            Some(b) if b <= self.0.len() => Ok(()),
-            _ => Err(malformed("truncated")),
-        }
-    }
-    /// A count of items of at least `size` bytes each, checked against what is left.
-    fn count(&mut self, size: usize) -> Result<usize> {
-        let n = self.usize()?;
-        self.need(n, size)?;
-        Ok(n)
-    }
-    fn end(&self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed("trailing bytes"))
-        }
     }
 }
 
@@ -711,13 +664,13 @@ mod tests {
         assert_eq!(Partial::from_bytes(&pb).unwrap(), part);
         assert_eq!(ShardSpec::from_bytes(&sb).unwrap(), spec);
         let bad = |r: Result<()>| {
-            assert!(matches!(
-                r,
-                Err(NudgeError::InvalidParameter {
-                    name: "partial",
-                    ..
-                })
-            ))
+            assert!(
+                matches!(
+                    r,
+                    Err(NudgeError::Malformed { .. } | NudgeError::TooLarge { .. })
+                ),
+                "{r:?}"
+            )
         };
         for n in 0..pb.len() {
             bad(Partial::from_bytes(&pb[..n]).map(|_| ()));

@@ -2,6 +2,7 @@
 #   pg_up DATADIR [BINDIR]    -> initdb if needed, start on 127.0.0.1 at a free port, export
 #                                PG* vars and put BINDIR first on PATH
 #   pg_down DATADIR [BINDIR]  -> fast shutdown
+#   regress_tests PGVECTOR_VERSION -> the tests/regress suites a server can run (run in the repo)
 # BINDIR is the server's bin directory (`pg_config --bindir`); the default is the embedded
 # PostgreSQL 18 wheel's. Any PostgreSQL works, e.g. Debian's /usr/lib/postgresql/15/bin.
 # As root the server runs as $NUDGE_PG_USER (Postgres refuses to run as root).
@@ -44,4 +45,25 @@ pg_down() {
   local datadir="$1"
   [ -f "$datadir/postmaster.pid" ] || return 0
   as_pg_user "$(pg_bindir "${2:-}")/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# version_ge A B: A >= B (dotted versions)
+version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$2" ]; }
+
+# regress_tests PGVECTOR_VERSION ("" = none): the pg_regress tests this server can run, in
+# order: nudge_fit first (it creates the tables the others use), then the rest by name. A
+# file with a line "-- requires: pgvector >= X" runs only where pgvector X or later exists.
+regress_tests() {
+  local have="$1" f name req list="nudge_fit"
+  for f in $(cd tests/regress/sql && ls -- *.sql | LC_ALL=C sort); do
+    name="${f%.sql}"
+    [ "$name" = nudge_fit ] && continue
+    req="$(sed -n 's/^-- requires: pgvector >= \([0-9][0-9.]*\).*/\1/p' "tests/regress/sql/$f" | head -n1)"
+    if [ -n "$req" ] && { [ -z "$have" ] || ! version_ge "$have" "$req"; }; then
+      echo "    skipped $name: needs pgvector >= $req, this server has ${have:-no pgvector}" >&2
+      continue
+    fi
+    list="$list $name"
+  done
+  echo "$list"
 }

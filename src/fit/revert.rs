@@ -113,9 +113,11 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
         )
     } else {
         format!(
+            // (as in write.rs: the UPDATE in a CTE, so that Citus ships `b` once per worker)
             "WITH b AS (SELECT u.id, u.w, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v
-                          FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord))
-             UPDATE {rel} AS t SET {col} = {v} FROM b WHERE {key} AND {same}",
+                          FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)),
+                  upd AS (UPDATE {rel} AS t SET {col} = {v} FROM b WHERE {key} AND {same} RETURNING 1)
+             SELECT 1 FROM upd",
             rel = rel.sql,
             col = emb.ident,
             v = value("b.v"),
@@ -241,8 +243,8 @@ fn citus_method(rel: pg_sys::Oid) -> Option<String> {
         return None;
     }
     Spi::get_one_with_args::<String>(
-        "SELECT p.partmethod::pg_catalog.text FROM pg_catalog.pg_dist_partition AS p
-          WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+        "SELECT (SELECT p.partmethod::pg_catalog.text FROM pg_catalog.pg_dist_partition AS p
+                  WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1)",
         &[rel.into()],
     )
     .or_raise()

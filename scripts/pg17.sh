@@ -75,6 +75,13 @@ pg17_mount() {
   _pg17_bind "$(dirname "$tc")" ro
   if cb="$(_pg17_cargo_bin)"; then _pg17_bind "$cb" ro; fi
   _pg17_bind "$_pg17_repo"
+  # The host's downloaded crates (same Cargo.lock): no second download inside the root.
+  local reg="${CARGO_HOME:-$HOME/.cargo}/registry"
+  if [ -d "$reg" ] && ! mountpoint -q "$r/nudge/cargo/registry"; then
+    mkdir -p "$r/nudge/cargo/registry"
+    mount --bind "$reg" "$r/nudge/cargo/registry"
+    _pg17_mounts+=("$r/nudge/cargo/registry")
+  fi
   mkdir -p "$NUDGE_PG17_TARGET"
   case "$NUDGE_PG17_TARGET/" in "$_pg17_repo"/*) ;; *) _pg17_bind "$NUDGE_PG17_TARGET" ;; esac
 }

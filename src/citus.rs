@@ -22,7 +22,13 @@ pub enum Placement {
     /// A Citus table: rows addressed by id, and by the distribution column when it is not the
     /// id. `pushdown`: the corpus pass runs on the workers (see [`placement`]).
     Citus { dist: Option<Column>, pushdown: bool },
+    /// An auto-updatable view of one table (a collection or tenant of a shared table): rows
+    /// addressed by id, and written through the view, so PostgreSQL applies its WHERE clause,
+    /// `security_barrier`, `WITH CHECK OPTION` and its owner's rights on the table, and rows
+    /// the view does not show are never touched. (A view has no ctid.)
+    View,
 }
+
 
 /// The placement of table `rel` whose id column is `id`. The pass of a distributed table
 /// (with shards on the workers: not a reference, local or single-shard table) runs on the
@@ -30,6 +36,10 @@ pub enum Placement {
 /// reverted the table: the workers read committed rows, so then the rows are read here, where
 /// the transaction's own writes are visible.
 pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
+    // SAFETY: a syscache lookup of a relation that exists.
+    if unsafe { pg_sys::get_rel_relkind(rel) } as u8 == b'v' {
+        return Placement::View;
+    }
     // SAFETY: a syscache lookup by name.
     if unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) } == pg_sys::InvalidOid {
         return Placement::Local; // (pg_dist_partition exists only with Citus)

@@ -88,6 +88,11 @@ fn addressing(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: V
                 unchanged(e, col, kind, "i.digest")
             ),
         },
+        Placement::View => Addressing {
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.int8[]))
+                    WITH ORDINALITY AS u(id, digest, ord)",
+            matches: format!("{} AND {}", key_match(id, None, "i.id", ""), unchanged(e, col, kind, "i.digest")),
+        },
         Placement::Citus { dist, .. } => Addressing {
             input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.int8[]))
                     WITH ORDINALITY AS u(id, dist, digest, ord)",
@@ -236,6 +241,9 @@ pub fn write_in_place(
     let dim = rows[0].vector.len();
     let total = rows.len() as u64;
     let insert = Previous::insert_sql(kind);
+    // The backups' table first, before any row is written (its lock is taken once per
+    // transaction anyway): a fit that has to wait for it holds no row of the corpus meanwhile.
+    catalog::as_owner(e, || Spi::run("LOCK TABLE nudge.fit_backups IN ROW EXCLUSIVE MODE")).or_raise();
     Spi::connect_mut(|client| {
         let (mut written, mut done) = (0i64, 0u64);
         let mut stmt = None;
@@ -381,7 +389,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
 /// granularity). On Citus every statement goes to all shards: fewer, larger ones.
 fn write_batch(placement: &Placement) -> usize {
     match placement {
-        Placement::Local => 256,
+        Placement::Local | Placement::View => 256,
         Placement::Citus { .. } => 4096,
     }
 }
@@ -407,6 +415,7 @@ pub fn write_target(
     let matches = match placement {
         Placement::Local => "t.tableoid OPERATOR(pg_catalog.=) $3 AND t.ctid OPERATOR(pg_catalog.=) $2".to_string(),
         Placement::Citus { dist, .. } => format!("{} AND {}", key_match(id, dist.as_ref(), "$2", "$3"), unchanged(e, source, kind, "$4")),
+        Placement::View => format!("{} AND {}", key_match(id, None, "$2", ""), unchanged(e, source, kind, "$4")),
     };
     let sql = format!(
         "UPDATE {rel} AS t SET {tgt} = CAST($1 AS {ty}) WHERE {matches}",

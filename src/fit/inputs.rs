@@ -91,17 +91,40 @@ pub fn resolve(a: &FitArgs) -> Corpus {
     let writing = !a.dry_run;
     let placement = citus::placement(a.corpus, &id);
     if writing {
-        // SAFETY: a syscache lookup of a relation that exists.
-        let relkind = unsafe { pg_sys::get_rel_relkind(a.corpus) } as u8;
-        if !matches!(relkind, b'r' | b'p') {
-            raise_with(
-                Code::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("cannot write nudged vectors into {}: it is not a table", rel.sql),
-                None,
-                Some("Use dry_run => true to fit without writing, or pass the underlying table.".into()),
-            );
-        }
+        check_writable(a.corpus, &rel.sql, target.as_ref().unwrap_or(&emb));
         Spi::run(&format!("LOCK TABLE {} IN {} MODE", rel.sql, a.lock.mode_sql())).or_raise();
     }
     Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, placement }
+}
+
+/// A writing fit needs a table, or a view PostgreSQL can UPDATE the column through (an
+/// auto-updatable view of one table, the column a plain column of it): 42809 otherwise.
+pub fn check_writable(rel: pg_sys::Oid, rel_sql: &str, col: &Column) {
+    // SAFETY: a syscache lookup of a relation that exists.
+    let relkind = unsafe { pg_sys::get_rel_relkind(rel) } as u8;
+    let writable = match relkind {
+        b'r' | b'p' => true,
+        b'v' => Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_column_is_updatable($1::pg_catalog.regclass, a.attnum, false)
+               FROM pg_catalog.pg_attribute AS a
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+            &[rel.into(), col.name.clone().into()],
+        )
+        .or_raise()
+        .unwrap_or(false),
+        _ => false,
+    };
+    if !writable {
+        let what = if relkind == b'v' {
+            format!("column \"{}\" cannot be updated through the view", col.name)
+        } else {
+            "it is not a table".to_string()
+        };
+        raise_with(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("cannot write nudged vectors into {rel_sql}: {what}"),
+            None,
+            Some("Pass a table, or an auto-updatable view of one table (a plain column of it, no joins or aggregates); dry_run => true fits without writing.".into()),
+        );
+    }
 }

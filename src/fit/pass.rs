@@ -125,7 +125,7 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
 /// distributed by another column than the id.
 fn address_columns(corpus: &Corpus) -> String {
     match (&corpus.placement, corpus.writing) {
-        (_, false) | (Placement::Citus { dist: None, .. }, _) => String::new(),
+        (_, false) | (Placement::Citus { dist: None, .. } | Placement::View, _) => String::new(),
         (Placement::Local, true) => ", t.tableoid, t.ctid".into(),
         (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::pg_catalog.text", d.ident),
     }
@@ -139,6 +139,7 @@ fn address(corpus: &Corpus, row: &Row, id: String) -> RowAddr {
             tid: row.tid(4).expect("ctid is never NULL"),
         },
         Placement::Citus { dist, .. } => At::Key { dist: dist.as_ref().and_then(|_| row.text(3)) },
+        Placement::View => At::Key { dist: None },
     };
     RowAddr { id, at }
 }

@@ -222,7 +222,7 @@ def test_pass_runs_on_the_shards(cluster, ref):
     finally:
         cluster.execute("RESET client_min_messages")
         cluster.remove_notice_handler(keep)
-    answered = [m for m in notices if m.endswith("for the shards of docs_by_id")]
+    answered = [m for m in notices if m.endswith("for the shards of public.docs_by_id")]
     assert len(answered) == 1 and answered[0].startswith("nudge_fit: 2 workers answered"), notices
     corpus_bytes = ref.ds.docs.nbytes
     assert int(answered[0].split()[4]) < corpus_bytes / 4

@@ -128,3 +128,63 @@ pub fn check_writable(rel: pg_sys::Oid, rel_sql: &str, col: &Column) {
         );
     }
 }
+
+/// A label points to `doc`, which no row's id column holds (23503). The hint names the
+/// columns of the corpus that do hold every labelled id, if any (an application's table often
+/// has its own integer id beside the document ids the labels use, e.g. LlamaIndex's `node_id`).
+pub fn unknown_label(corpus: &Corpus, doc: &str, labelled: &std::collections::HashMap<String, u64>) -> ! {
+    let ids: Vec<String> = labelled.keys().cloned().collect();
+    let holders = columns_holding(corpus, &ids);
+    let hint = match holders.as_slice() {
+        [] => "Every qrels.doc_id must match one corpus row's id.".to_string(),
+        [one] => format!("Column \"{one}\" holds every labelled doc_id: pass id_column => '{one}'."),
+        many => format!(
+            "Columns {} hold every labelled doc_id: pass one of them as id_column.",
+            many.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    raise_with(
+        Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+        format!("a label points to doc_id {doc:?}, which is not in column \"{}\" of {}", corpus.id.name, corpus.sql),
+        None,
+        Some(hint),
+    )
+}
+
+/// The columns of the corpus (other than its id and embedding columns, of a type whose text
+/// form an id can be: text, character types, integers, numeric, uuid) whose text values
+/// include every one of `ids`. (Only on the error path: one scan per candidate column.)
+fn columns_holding(corpus: &Corpus, ids: &[String]) -> Vec<String> {
+    let candidates: Vec<String> = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute AS a
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+                AND a.atttypid OPERATOR(pg_catalog.=) ANY ('{text,varchar,bpchar,name,int2,int4,int8,numeric,uuid}'::pg_catalog.regtype[]::pg_catalog.oid[])
+                AND a.attname OPERATOR(pg_catalog.<>) ALL ($2::pg_catalog.name[])
+              ORDER BY a.attnum",
+            None,
+            &[corpus.oid.into(), vec![corpus.id.name.clone(), corpus.emb.name.clone()].into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            if let Some(n) = r.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_default();
+    let wanted = ids.len() as i64;
+    candidates
+        .into_iter()
+        .filter(|name| {
+            let sql = format!(
+                "SELECT pg_catalog.count(DISTINCT t.{col}::pg_catalog.text) FROM {rel} AS t
+                  WHERE t.{col}::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
+                col = pgrx::spi::quote_identifier(name),
+                rel = corpus.sql
+            );
+            Spi::get_one_with_args::<i64>(&sql, &[ids.to_vec().into()]).ok().flatten() == Some(wanted)
+        })
+        .collect()
+}

@@ -188,12 +188,7 @@ impl<'a> RowKeys<'a> {
     fn check_all_labelled_seen(&self) {
         if let Some(k) = self.seen.iter().position(|s| !s) {
             let doc = self.labels.keys.iter().find(|(_, v)| **v == k as u64).map(|(d, _)| d.clone()).unwrap_or_default();
-            raise_with(
-                Code::ERRCODE_FOREIGN_KEY_VIOLATION,
-                format!("a label points to doc_id {doc:?}, which is not in column \"{}\" of {}", self.corpus.id.name, self.corpus.sql),
-                None,
-                Some("Every qrels.doc_id must match one corpus row's id.".into()),
-            );
+            super::inputs::unknown_label(self.corpus, &doc, &self.labels.keys);
         }
     }
 }

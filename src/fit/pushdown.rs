@@ -72,12 +72,7 @@ pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &La
     });
     debug1!("nudge_fit: {workers} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
     if let Some(k) = seen.iter().position(|s| !s) {
-        raise_with(
-            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
-            format!("a label points to doc_id {:?}, which is not in column \"{}\" of {}", id_of[&(k as u64)], corpus.id.name, corpus.sql),
-            None,
-            Some("Every qrels.doc_id must match one corpus row's id.".into()),
-        );
+        super::inputs::unknown_label(corpus, id_of[&(k as u64)], &labels.keys);
     }
     (pass, addresses)
 }

@@ -78,6 +78,13 @@ SELECT * FROM nudge_fit('coll_expr', 'embedding', 'public.q', 'public.qrels', ga
 SELECT records_changed > 0 AS fitted FROM nudge_fit('coll_join', 'embedding', 'public.q', 'public.qrels', gamma => 0.2, dry_run => true);
 SELECT rows_of('a') = :'a_before' AS a_untouched, rows_of('b') = :'b_before' AS b_untouched;
 
+-- a table with its own integer id beside the document ids the labels use (LlamaIndex's
+-- data_<name> keeps them in node_id): the error names the column that holds every label
+CREATE TABLE nodes AS SELECT id + 5000 AS id, 'node-' || id AS node_id, embedding FROM public.docs_arr;
+CREATE TABLE qrels_nodes AS SELECT query_id, 'node-' || doc_id AS doc_id, score FROM public.qrels;
+SELECT * FROM nudge_fit('nodes', 'embedding', 'public.q', 'qrels_nodes', gamma => 0.2);
+SELECT records_changed FROM nudge_fit('nodes', 'embedding', 'public.q', 'qrels_nodes', id_column => 'node_id', gamma => 0.2);
+
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA views CASCADE;

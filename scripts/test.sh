@@ -104,6 +104,16 @@ for v in $extra_versions; do
 done
 if [ -n "$user_target" ]; then export CARGO_TARGET_DIR="$user_target"; else unset CARGO_TARGET_DIR; fi
 export "${pg18_env[@]}"
+# ---- package test (scripts/package_test.sh): the .deb of the debug build for 15 (host) and 17
+# (Debian 13 root) installs with apt-get, fits and reverts byte-exact, and removes cleanly
+pkg_majors="$(for v in $extra_versions; do case "$v" in 15 | 17) echo "$v" ;; esac; done)"
+if [ -n "$pkg_majors" ]; then
+  start=$SECONDS
+  # shellcheck disable=SC2086
+  bash scripts/package_test.sh --debug $pkg_majors
+  timings+=("package test (scripts/package_test.sh --debug $(echo $pkg_majors)) $((SECONDS - start)) s")
+fi
+# ---- end package test
 
 # The end-to-end tests run on what users install: the release build (`cargo pgrx test` left
 # its debug build, with the #[pg_test] functions, in PostgreSQL 18's tree). New sessions of

@@ -53,6 +53,19 @@ if [ "$(cat "$NUDGE_VENV/.nudge-requirements" 2>/dev/null)" != "$req_hash" ] \
   $SUDO "$NUDGE_VENV/bin/pip" install -q -r "$here/../requirements.txt"
   echo "$req_hash" | $SUDO tee "$NUDGE_VENV/.nudge-requirements" >/dev/null
 fi
+# The pgvector clients tests/python/test_clients.py drives (LangChain, LlamaIndex): test-only,
+# same hash stamp. If they cannot be installed (no network to PyPI), say so and go on: the
+# test module then skips with a note.
+clients_hash="$(sha256sum "$here/../requirements-clients.txt" | cut -d' ' -f1)"
+if [ "$(cat "$NUDGE_VENV/.nudge-requirements-clients" 2>/dev/null)" != "$clients_hash" ] \
+   || ! "$NUDGE_VENV/bin/python" -c 'import importlib.util,sys; sys.exit(0 if all(importlib.util.find_spec(p) for p in ("langchain_postgres", "llama_index.vector_stores.postgres")) else 1)' 2>/dev/null; then
+  echo "==> pip install -r requirements-clients.txt into $NUDGE_VENV"
+  if $SUDO "$NUDGE_VENV/bin/pip" install -q -r "$here/../requirements-clients.txt"; then
+    echo "$clients_hash" | $SUDO tee "$NUDGE_VENV/.nudge-requirements-clients" >/dev/null
+  else
+    echo "warning: requirements-clients.txt not installed; tests/python/test_clients.py will skip" >&2
+  fi
+fi
 if [ ! -x "$NUDGE_PG16_VENV/bin/python" ]; then
   echo "==> python venv at $NUDGE_PG16_VENV"
   $SUDO mkdir -p "$(dirname "$NUDGE_PG16_VENV")"

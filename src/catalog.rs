@@ -194,3 +194,15 @@ pub fn next_fit_id(e: &Ext) -> i64 {
     })
     .unwrap_or_else(|| raise(Code::ERRCODE_INTERNAL_ERROR, "nudge: nextval returned NULL"))
 }
+
+/// Lock fit `fit_id`'s row in `nudge.fits` (as the owner: callers may only read the catalog)
+/// and return its status; None if there is no such fit. Two calls on one fit take turns.
+pub fn lock_fit(e: &Ext, fit_id: i64) -> Option<String> {
+    as_owner(e, || {
+        Spi::get_one_with_args::<String>(
+            "SELECT f.status FROM nudge.fits AS f WHERE f.fit_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+            &[fit_id.into()],
+        )
+    })
+    .or_raise()
+}

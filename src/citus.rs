@@ -29,7 +29,6 @@ pub enum Placement {
     View,
 }
 
-
 /// The placement of table `rel` whose id column is `id`. The pass of a distributed table
 /// (with shards on the workers: not a reference, local or single-shard table) runs on the
 /// workers when `nudge.citus_pushdown` is on, unless this transaction has already fitted or
@@ -135,21 +134,17 @@ pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, reque
             }
         },
     ));
-    {
-        {
-            for (node, ok, result) in replies {
-                if !ok {
-                    raise_with(
-                        Code::ERRCODE_CONNECTION_FAILURE,
-                        format!("nudge could not run on the shards of {table_sql} on {node}: {result}"),
-                        None,
-                        Some("Check that every worker is up (or SET nudge.citus_pushdown = off).".into()),
-                    );
-                }
-                let bytes = unhex(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
-                each(&node, bytes);
-            }
+    for (node, ok, result) in replies {
+        if !ok {
+            raise_with(
+                Code::ERRCODE_CONNECTION_FAILURE,
+                format!("nudge could not run on the shards of {table_sql} on {node}: {result}"),
+                None,
+                Some("Check that every worker is up (or SET nudge.citus_pushdown = off).".into()),
+            );
         }
+        let bytes = unhex(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
+        each(&node, bytes);
     }
 }
 

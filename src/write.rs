@@ -62,7 +62,7 @@ pub struct RowWrite {
     pub read: i64,
 }
 
-/// How the rows of a batch are found: the `input` relation (`unnest` of `$2`, `$3` (and `$7`,
+/// How the rows of a batch are found: the `input` relation (`unnest` of `$2`, `$3` (and `$5`,
 /// the digests read, by key) with ordinality), and the condition joining row alias `t` to
 /// input row `i`: the row version by ctid, or the row by key still holding what was read.
 struct Addressing {
@@ -79,7 +79,7 @@ fn addressing(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: V
         // A row version read by an earlier transaction: its slot may have been pruned and
         // reused since, so the id and the value are compared too.
         Placement::Local => Addressing {
-            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.oid[]), pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.text[]))
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.oid[]), pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.text[]))
                     WITH ORDINALITY AS u(tid, toid, digest, id, ord)",
             matches: format!(
                 "t.tableoid OPERATOR(pg_catalog.=) i.toid AND t.ctid OPERATOR(pg_catalog.=) i.tid
@@ -89,12 +89,12 @@ fn addressing(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: V
             ),
         },
         Placement::View => Addressing {
-            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.int8[]))
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[]))
                     WITH ORDINALITY AS u(id, digest, ord)",
             matches: format!("{} AND {}", key_match(id, None, "i.id", ""), unchanged(e, col, kind, "i.digest")),
         },
         Placement::Citus { dist, .. } => Addressing {
-            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.int8[]))
+            input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[]))
                     WITH ORDINALITY AS u(id, dist, digest, ord)",
             matches: format!("{} AND {}", key_match(id, dist.as_ref(), "i.id", "i.dist"), unchanged(e, col, kind, "i.digest")),
         },
@@ -345,8 +345,6 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     // as an intermediate result, while a parameter of the UPDATE goes with each of its shard
     // tasks (SciFact over 32 shards: 1.2 s per batch of 256 rows that way).
     let Addressing { input, matches } = addressing(e, placement, id, col, kind, since);
-    let matches = matches.replace("$7", "$5").replace("$8", "$6");
-    let input = input.replace("$7", "$5").replace("$8", "$6");
     let digest = catalog::func(e, "nudge_digest");
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",

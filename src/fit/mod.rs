@@ -270,7 +270,7 @@ fn run(a: &FitArgs) -> FitRow {
     }
     let corpus = inputs::resolve(a);
     if corpus.writing {
-        stage::refuse_while_staged(&ext, a.corpus, &corpus.emb.name);
+        stage::refuse_while_staged(a.corpus, &corpus.emb.name);
     }
 
     reporter.report("reading queries", 0, None);

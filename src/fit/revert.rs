@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 use super::inputs::Lock;
 use super::Recorded;
 use crate::catalog::{self, Ext};
-use crate::columns::{self, VecKind};
+use crate::columns::{self, Column, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 
 /// Restore the vectors an in-place nudge_fit overwrote; returns the number of rows restored.
@@ -27,6 +27,31 @@ use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
     let e = catalog::current();
     let lock = Lock::parse(lock);
+    let (f, rel) = revertible(fit_id);
+    // Lock the table, then look at the state of its fits: a fit or revert of it that committed
+    // while we waited is seen below, and none can start until we commit (both modes conflict
+    // with both).
+    Spi::run(&format!("LOCK TABLE {} IN {} MODE", rel.sql, lock.mode_sql())).or_raise();
+    check_newest(&e, &f, fit_id);
+    let (id, emb, kind) = columns_of(&f, &rel, fit_id);
+    catalog::require_read_vectors(f.corpus, &rel.sql, &format!("backups of fit {fit_id}"));
+    let one_by_one = citus_method(f.corpus).is_some_and(|m| m == "n");
+    let sql = restore_sql(&e, &rel.sql, &id, &emb, kind, one_by_one);
+    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one);
+    mark_reverted(&e, fit_id);
+    if restored < backups {
+        notice!(
+            "nudge: {} of {backups} backed-up rows of fit {fit_id} were changed or deleted since the fit and were left as they are",
+            backups - restored
+        );
+    }
+    restored
+}
+
+/// The fit and its table, if the caller may revert it: an in-place fit that wrote (not a dry
+/// run, not into a target column), of a table that exists and the caller may UPDATE; a staged
+/// fit only by the role that staged it (or a superuser).
+fn revertible(fit_id: i64) -> (Recorded, columns::Relation) {
     let Some(f) = Recorded::read(fit_id) else {
         raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
     };
@@ -52,19 +77,13 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
     if f.status == "staged" {
         super::stage::require_stager(fit_id, &f.created_by, "revert");
     }
+    (f, rel)
+}
 
-    // Lock the table, then look at the state of its fits: a fit or revert of it that committed
-    // while we waited is seen below, and none can start until we commit (both modes conflict
-    // with both).
-    Spi::run(&format!("LOCK TABLE {} IN {} MODE", rel.sql, lock.mode_sql())).or_raise();
-    let status = catalog::as_owner(&e, || {
-        Spi::get_one_with_args::<String>(
-            "SELECT f.status FROM nudge.fits AS f WHERE f.fit_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-            &[fit_id.into()],
-        )
-    })
-    .or_raise();
-    match status.as_deref() {
+/// Under the table's lock: the fit is not reverted yet, and no later fit of the same column is
+/// applied or staged (fits of a column revert newest first).
+fn check_newest(e: &Ext, f: &Recorded, fit_id: i64) {
+    match catalog::lock_fit(e, fit_id).as_deref() {
         None => raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist")),
         Some("reverted") => raise(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("fit {fit_id} is already reverted")),
         _ => {}
@@ -85,50 +104,57 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
             Some(format!("Revert fit {later} first.")),
         );
     }
+}
+
+/// The fit's id and embedding columns as the table has them now (the embedding of the type the
+/// fit recorded).
+fn columns_of(f: &Recorded, rel: &columns::Relation, fit_id: i64) -> (Column, Column, VecKind) {
     let Some(emb) = rel.find(&f.embedding) else {
         raise(Code::ERRCODE_UNDEFINED_COLUMN, format!("column \"{}\" of relation {} does not exist", f.embedding, rel.sql));
     };
-    if !catalog::same_type(&f.embedding_type, &emb.type_sql) || emb.kind.is_none() {
+    let Some(kind) = emb.kind.filter(|_| catalog::same_type(&f.embedding_type, &emb.type_sql)) else {
         raise(
             Code::ERRCODE_DATATYPE_MISMATCH,
             format!("column \"{}\" of relation {} changed type from {} to {} since fit {fit_id}", f.embedding, rel.sql, f.embedding_type, emb.type_sql),
         );
-    }
-    let kind = emb.kind.expect("checked above");
+    };
     let Some(id) = rel.find(&f.id_column) else {
         raise(Code::ERRCODE_UNDEFINED_COLUMN, format!("column \"{}\" of relation {} does not exist", f.id_column, rel.sql));
     };
-    catalog::require_read_vectors(f.corpus, &rel.sql, &format!("backups of fit {fit_id}"));
+    (id, emb, kind)
+}
 
-    let one_by_one = citus_method(f.corpus).is_some_and(|m| m == "n");
+/// The UPDATE that writes backups back where the row still holds what the fit wrote: one row
+/// per call (`$1` value, `$2` id, `$3` digest written), or a batch (`$1` flat values, `$2` ids,
+/// `$3` digests, `$4` the dimension).
+fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind, one_by_one: bool) -> String {
     let value = |v: &str| format!("CAST({v} AS {})", emb.type_sql);
-    let sql = if one_by_one {
+    if one_by_one {
         format!(
-            "UPDATE {rel} AS t SET {col} = {v} WHERE {key} AND {same}",
-            rel = rel.sql,
+            "UPDATE {rel_sql} AS t SET {col} = {v} WHERE {key} AND {same}",
             col = emb.ident,
             v = value("$1"),
-            key = crate::write::key_match(&id, None, "$2", ""),
-            same = crate::write::unchanged(&e, &emb, kind, "$3"),
+            key = crate::write::key_match(id, None, "$2", ""),
+            same = crate::write::unchanged(e, emb, kind, "$3"),
         )
     } else {
         format!(
             // (as in write.rs: the UPDATE in a CTE, so that Citus ships `b` once per worker)
             "WITH b AS (SELECT u.id, u.w, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v
                           FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)),
-                  upd AS (UPDATE {rel} AS t SET {col} = {v} FROM b WHERE {key} AND {same} RETURNING 1)
+                  upd AS (UPDATE {rel_sql} AS t SET {col} = {v} FROM b WHERE {key} AND {same} RETURNING 1)
              SELECT 1 FROM upd",
-            rel = rel.sql,
             col = emb.ident,
             v = value("b.v"),
-            key = crate::write::key_match(&id, None, "b.id", ""),
-            same = crate::write::unchanged(&e, &emb, kind, "b.w"),
+            key = crate::write::key_match(id, None, "b.id", ""),
+            same = crate::write::unchanged(e, emb, kind, "b.w"),
         )
-    };
-    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one);
+    }
+}
 
-    catalog::as_owner(&e, || {
-        // A staged fit: the rows nudge_apply has not written yet are dropped.
+/// The fit is reverted: its staged rows not written yet are dropped, its status recorded.
+fn mark_reverted(e: &Ext, fit_id: i64) {
+    catalog::as_owner(e, || {
         Spi::run_with_args("DELETE FROM nudge.fit_staged AS s WHERE s.fit_id OPERATOR(pg_catalog.=) $1", &[fit_id.into()])?;
         Spi::run_with_args(
             "UPDATE nudge.fits AS f SET status = 'reverted', reverted_at = pg_catalog.now() WHERE f.fit_id OPERATOR(pg_catalog.=) $1",
@@ -136,13 +162,6 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
         )
     })
     .or_raise();
-    if restored < backups {
-        notice!(
-            "nudge: {} of {backups} backed-up rows of fit {fit_id} were changed or deleted since the fit and were left as they are",
-            backups - restored
-        );
-    }
-    restored
 }
 
 /// Backups read per batch (as the catalog's owner, in row id order).

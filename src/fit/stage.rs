@@ -44,7 +44,7 @@ pub fn check_args(dry_run: bool, target: Option<&str>, lock: super::inputs::Lock
 }
 
 /// Refuse to fit or revert a column while a staged fit of it is not applied (55006).
-pub fn refuse_while_staged(_e: &Ext, corpus: pg_sys::Oid, embedding: &str) {
+pub fn refuse_while_staged(corpus: pg_sys::Oid, embedding: &str) {
     let staged = Spi::get_one_with_args::<i64>(
         "SELECT pg_catalog.min(f.fit_id) FROM nudge.fits AS f
           WHERE f.corpus::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND f.embedding OPERATOR(pg_catalog.=) $2
@@ -154,14 +154,7 @@ pub fn nudge_apply_step(fit_id: i64, batch_rows: i32) -> i64 {
     // The online fit's lock for this step (another fit, a revert or DDL waits), then the fit's
     // row, locked: two nudge_apply calls of one fit take turns, and see each other's progress.
     Spi::run(&format!("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE", rel.sql)).or_raise();
-    let status = catalog::as_owner(&e, || {
-        Spi::get_one_with_args::<String>(
-            "SELECT f.status FROM nudge.fits AS f WHERE f.fit_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-            &[fit_id.into()],
-        )
-    })
-    .or_raise();
-    if status.as_deref() != Some("staged") {
+    if catalog::lock_fit(&e, fit_id).as_deref() != Some("staged") {
         return 0; // (applied or reverted by another session while this one waited)
     }
     let rows = read_batch(&e, fit_id, batch_rows);

@@ -42,18 +42,26 @@ CREATE TABLE nudge.fits (
     curve               jsonb,
     seconds             float8      NOT NULL,
     status              text        NOT NULL
-                        CHECK (status OPERATOR(pg_catalog.=) ANY ('{applied,dry_run,reverted,staged}'::pg_catalog.text[])),
+                        CHECK (status OPERATOR(pg_catalog.=) ANY ('{applied,dry_run,reverted,staged,rejected}'::pg_catalog.text[])),
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by          name        NOT NULL DEFAULT current_user,
     reverted_at         timestamptz,
     refit_of            bigint,
     folds               int,
-    update_from         text        CHECK (update_from OPERATOR(pg_catalog.=) ANY ('{train,all}'::pg_catalog.text[]))
+    update_from         text        CHECK (update_from OPERATOR(pg_catalog.=) ANY ('{train,all}'::pg_catalog.text[])),
+    guard_queries       regclass,
+    guard_qrels         regclass,
+    guard_metric        text,
+    guard_tolerance     float8,
+    guard_before        float8,
+    guard_after         float8
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
 COMMENT ON COLUMN nudge.fits.folds IS 'Fold count when gamma was chosen by k-fold cross-validation (the default without validation tables or validation_fraction)';
-COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing written), staged (computed, its rows written by CALL nudge_apply in short transactions; rows_written and rows_skipped count the batches committed so far) or reverted';
+COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing written), staged (computed, its rows written by CALL nudge_apply in short transactions; rows_written and rows_skipped count the batches committed so far), reverted, or rejected (a guarded refit that scored worse than the vectors it would replace: nothing written)';
+COMMENT ON COLUMN nudge.fits.guard_before IS 'A guarded refit: guard_metric of the vectors searched before it, on guard_queries / guard_qrels (queries no fit trains on)';
+COMMENT ON COLUMN nudge.fits.guard_after IS 'A guarded refit: guard_metric of the refit''s vectors on the guard queries; written only if guard_after >= guard_before - guard_tolerance';
 COMMENT ON COLUMN nudge.fits.update_from IS 'Whose labels moved the records: train (the held-out queries only chose gamma) or all';
 
 CREATE TABLE nudge.fit_backups (

@@ -10,6 +10,9 @@
 --  * nudge_revert is implemented in the library (its checks on staged fits and the catalog
 --    writes need nudge's own identity); nudge_apply names its step through the extension
 --    schema; the shard functions are not executable by PUBLIC.
+--  * Guarded refits: nudge_refit takes guard_queries / guard_qrels / guard_metric /
+--    guard_tolerance and returns status, guard_before, guard_after; nudge.fits records the
+--    guard and the new status 'rejected'.
 -- Embedding types recorded by 0.1.0 as printed under the caller's search_path (`vector(384)`)
 -- are still recognised (`public.vector(384)` is how 0.2.0 records them).
 
@@ -39,7 +42,13 @@ $$;
 ALTER TABLE nudge.fits ALTER COLUMN created_at SET DEFAULT pg_catalog.now();
 ALTER TABLE nudge.fits DROP CONSTRAINT fits_status_check,
     ADD CONSTRAINT fits_status_check
-        CHECK (status OPERATOR(pg_catalog.=) ANY ('{applied,dry_run,reverted,staged}'::pg_catalog.text[]));
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{applied,dry_run,reverted,staged,rejected}'::pg_catalog.text[]));
+ALTER TABLE nudge.fits ADD COLUMN guard_queries regclass, ADD COLUMN guard_qrels regclass,
+    ADD COLUMN guard_metric text, ADD COLUMN guard_tolerance float8,
+    ADD COLUMN guard_before float8, ADD COLUMN guard_after float8;
+COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing written), staged (computed, its rows written by CALL nudge_apply in short transactions; rows_written and rows_skipped count the batches committed so far), reverted, or rejected (a guarded refit that scored worse than the vectors it would replace: nothing written)';
+COMMENT ON COLUMN nudge.fits.guard_before IS 'A guarded refit: guard_metric of the vectors searched before it, on guard_queries / guard_qrels (queries no fit trains on)';
+COMMENT ON COLUMN nudge.fits.guard_after IS 'A guarded refit: guard_metric of the refit''s vectors on the guard queries; written only if guard_after >= guard_before - guard_tolerance';
 ALTER TABLE nudge.fits DROP CONSTRAINT fits_lock_check,
     ADD CONSTRAINT fits_lock_check CHECK (lock OPERATOR(pg_catalog.=) ANY ('{rows,table}'::pg_catalog.text[]));
 ALTER TABLE nudge.fits DROP CONSTRAINT fits_update_from_check,
@@ -49,7 +58,6 @@ ALTER TABLE nudge.fit_backups DROP CONSTRAINT fit_backups_check,
 
 -- == functions
 ALTER FUNCTION @extschema@.nudge_fit SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@.nudge_refit SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.nudge_evaluate SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.nudge_apply_step SET search_path TO pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.nudge_shard_pass SET search_path TO pg_catalog, pg_temp;
@@ -58,6 +66,35 @@ ALTER FUNCTION @extschema@.nudge_shard_topk SET search_path TO pg_catalog, pg_te
 ALTER FUNCTION @extschema@.nudge_shard_topk CALLED ON NULL INPUT;
 REVOKE EXECUTE ON FUNCTION @extschema@.nudge_shard_pass(pg_catalog.oid[], pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.bytea) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.nudge_shard_topk(pg_catalog.oid[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea) FROM PUBLIC;
+
+-- nudge_refit gains the guard (new arguments and result columns: a new function)
+DROP FUNCTION @extschema@.nudge_refit(pg_catalog.int8, pg_catalog.bool, pg_catalog.text, pg_catalog.bool);
+CREATE FUNCTION @extschema@."nudge_refit"(
+	"fit_id" bigint,
+	"dry_run" bool DEFAULT false,
+	"lock" TEXT DEFAULT 'rows',
+	"staged" bool DEFAULT false,
+	"guard_queries" regclass DEFAULT NULL,
+	"guard_qrels" regclass DEFAULT NULL,
+	"guard_metric" TEXT DEFAULT 'ndcg@10',
+	"guard_tolerance" double precision DEFAULT 0.0
+) RETURNS TABLE (
+	"fit_id" bigint,
+	"method" TEXT,
+	"gamma" double precision,
+	"records_changed" bigint,
+	"validation_before" double precision,
+	"validation_after" double precision,
+	"seconds" double precision,
+	"rows_skipped" bigint,
+	"status" TEXT,
+	"guard_before" double precision,
+	"guard_after" double precision
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'nudge_refit_wrapper';
 
 -- (CREATE OR REPLACE keeps grants users made on these)
 CREATE OR REPLACE FUNCTION @extschema@."nudge_revert"(

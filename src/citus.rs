@@ -70,7 +70,7 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
 fn fitted_in_this_transaction(rel: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM nudge.fits AS f WHERE f.corpus::pg_catalog.oid OPERATOR(pg_catalog.=) $1
-                          AND (f.created_at OPERATOR(pg_catalog.=) pg_catalog.now() AND f.status OPERATOR(pg_catalog.<>) 'dry_run'
+                          AND (f.created_at OPERATOR(pg_catalog.=) pg_catalog.now() AND f.status OPERATOR(pg_catalog.<>) ALL ('{dry_run,rejected}'::pg_catalog.text[])
                                OR f.reverted_at OPERATOR(pg_catalog.=) pg_catalog.now()))",
         &[rel.into()],
     )

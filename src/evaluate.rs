@@ -71,11 +71,20 @@ fn evaluate(
     let mut reporter = Reporter::new("nudge_evaluate");
     let corpus = Corpus::resolve(corpus, id_column, embedding);
     let judged = read_judged(queries, qrels);
-    let runs = match crate::citus::placement(corpus.oid, &corpus.id) {
-        Placement::Citus { pushdown: true, .. } => knn_shards(&corpus, &judged, k, dist, &mut reporter),
-        _ => knn_local(&corpus, &judged, k, dist, &mut reporter),
-    };
+    let runs = knn(&corpus, &judged, k, dist, None, &mut reporter);
     score(&runs, &judged, k)
+}
+
+/// Vectors to score in place of what some rows hold (by id): a candidate not written yet.
+pub(crate) type Overrides = HashMap<String, Vec<f32>>;
+
+/// The top-k (key, score) of every judged query, best first: on the workers of a Citus
+/// distributed table, else (and always with `overrides`) read here.
+pub(crate) fn knn(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, overrides: Option<&Overrides>, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
+    match (crate::citus::placement(corpus.oid, &corpus.id), overrides) {
+        (Placement::Citus { pushdown: true, .. }, None) => knn_shards(corpus, judged, k, dist, reporter),
+        _ => knn_local(corpus, judged, k, dist, overrides, reporter),
+    }
 }
 
 fn check_args(k: i32, distance: &str) -> (usize, Distance) {
@@ -94,16 +103,16 @@ fn check_args(k: i32, distance: &str) -> (usize, Distance) {
 }
 
 /// The corpus and its id and embedding columns.
-struct Corpus {
+pub(crate) struct Corpus {
     oid: pg_sys::Oid,
     sql: String,
     id: Column,
     emb: Column,
-    kind: VecKind,
+    pub kind: VecKind,
 }
 
 impl Corpus {
-    fn resolve(oid: pg_sys::Oid, id_column: &str, embedding: &str) -> Corpus {
+    pub fn resolve(oid: pg_sys::Oid, id_column: &str, embedding: &str) -> Corpus {
         let rel = columns::relation(oid);
         let id = rel.column(id_column, "the id column that qrels.doc_id refers to");
         let (emb, kind) = rel.vector_column(embedding, "an embedding column");
@@ -113,14 +122,14 @@ impl Corpus {
 
 /// Queries with at least one relevant label, their relevant (key, grade) lists, and the key
 /// of every judged doc id (tie keys: src/ties.rs).
-struct Judged {
+pub(crate) struct Judged {
     vectors: Array2<f32>,
     relevant: Vec<Vec<(u64, f64)>>,
     keys: HashMap<String, u64>,
     ties: TieKeys,
 }
 
-fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
+pub(crate) fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
     let (queries_rel, qrels_rel) = (columns::relation(queries), columns::relation(qrels));
     let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
@@ -150,8 +159,15 @@ fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
 }
 
 /// The local k-NN pass: rows read and decoded here, the maths one batch behind on a worker
-/// (exec::Pusher). Returns the top-k (key, score) of every judged query, best first.
-fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
+/// (exec::Pusher). Rows whose id `overrides` lists are scored with its vector instead.
+fn knn_local(
+    corpus: &Corpus,
+    judged: &Judged,
+    k: usize,
+    dist: Distance,
+    overrides: Option<&Overrides>,
+    reporter: &mut Reporter,
+) -> Vec<Vec<(u64, f32)>> {
     let topk = TopK::new(judged.vectors.clone(), k, dist).or_raise();
     let mut dim = judged.vectors.ncols();
     let total = read::estimated_rows(corpus.oid);
@@ -165,7 +181,11 @@ fn knn_local(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporte
         let rid = r.text(1).unwrap_or_default();
         batch_keys.push(judged.ties.key(&rid, ordinal));
         ordinal += 1;
-        push_embedding(r.datum(2), corpus.kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {}", corpus.sql));
+        match overrides.and_then(|o| o.get(&rid)) {
+            Some(v) if v.len() == dim => buf.extend_from_slice(v),
+            Some(v) => raise(Code::ERRCODE_DATA_EXCEPTION, format!("a vector of {} dimensions for row {rid:?} of {}, expected {dim}", v.len(), corpus.sql)),
+            None => push_embedding(r.datum(2), corpus.kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {}", corpus.sql)),
+        }
         if pusher.push_if_full(&mut batch_keys, &mut buf) {
             reporter.report("k-nn search", ordinal, total);
         }
@@ -205,14 +225,10 @@ fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, report
     runs
 }
 
-/// Mean metrics over the judged queries. Runs are best first, ties already in trec_eval's
-/// order (by tie key); a judged id that several rows share counts at its best position only.
+/// Mean metrics over the judged queries.
 fn score(runs: &[Vec<(u64, f32)>], judged: &Judged, k: usize) -> EvalRow {
     let (mut ndcg, mut recall, mut capped, mut mrr) = (0.0, 0.0, 0.0, 0.0);
-    for (run, relevant) in runs.iter().zip(&judged.relevant) {
-        let mut seen = std::collections::HashSet::new();
-        let ranked = run.iter().map(|p| p.0).filter(|&key| !TieKeys::is_judged(key) || seen.insert(key));
-        let m = nudge_core::metrics::evaluate_in_order(ranked, relevant, k);
+    for m in per_query(runs, judged, k) {
         ndcg += m.ndcg;
         recall += m.recall;
         capped += m.capped_recall;
@@ -220,4 +236,19 @@ fn score(runs: &[Vec<(u64, f32)>], judged: &Judged, k: usize) -> EvalRow {
     }
     let n = judged.relevant.len() as f64;
     (judged.relevant.len() as i64, ndcg / n, recall / n, capped / n, mrr / n)
+}
+
+/// The mean of `metric` over the judged queries.
+pub(crate) fn mean(metric: nudge_core::Metric, runs: &[Vec<(u64, f32)>], judged: &Judged) -> f64 {
+    per_query(runs, judged, metric.k()).map(|m| metric.pick(&m)).sum::<f64>() / judged.relevant.len() as f64
+}
+
+/// The metrics of each judged query. Runs are best first, ties already in trec_eval's order
+/// (by tie key); a judged id that several rows share counts at its best position only.
+fn per_query<'a>(runs: &'a [Vec<(u64, f32)>], judged: &'a Judged, k: usize) -> impl Iterator<Item = nudge_core::QueryMetrics> + 'a {
+    runs.iter().zip(&judged.relevant).map(move |(run, relevant)| {
+        let mut seen = std::collections::HashSet::new();
+        let ranked = run.iter().map(|p| p.0).filter(|&key| !TieKeys::is_judged(key) || seen.insert(key));
+        nudge_core::metrics::evaluate_in_order(ranked, relevant, k)
+    })
 }

@@ -43,30 +43,6 @@ impl Vectors {
     }
 }
 
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = if exp == 0 {
-        if mant == 0 {
-            sign
-        } else {
-            // subnormal: renormalise
-            let mut e = 127 - 15 + 1;
-            let mut m = mant;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
-        }
-    } else if exp == 0x1f {
-        sign | 0x7f80_0000 | (mant << 13)
-    } else {
-        sign | ((exp + 127 - 15) << 23) | (mant << 13)
-    };
-    f32::from_bits(bits)
-}
 
 /// Decode one non-NULL embedding datum, appending its elements to `out`.
 /// Returns the number of elements, or an error message naming what is wrong.
@@ -91,7 +67,7 @@ unsafe fn decode(datum: pg_sys::Datum, kind: VecKind, out: &mut Vec<f32>) -> Res
             } else {
                 out.reserve(dim);
                 for i in 0..dim {
-                    out.push(f16_to_f32(std::ptr::read_unaligned(data.add(2 * i) as *const u16)));
+                    out.push(nudge_core::half::to_f32(std::ptr::read_unaligned(data.add(2 * i) as *const u16)));
                 }
             }
             Ok(dim)

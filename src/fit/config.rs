@@ -37,6 +37,8 @@ pub struct FitArgs<'a> {
     pub lock: super::inputs::Lock,
     /// Compute and keep the rows to write in `nudge.fit_staged`; `nudge_apply` writes them.
     pub staged: bool,
+    /// A refit's guard: written or staged only if it does not score worse on these queries.
+    pub guard: Option<super::guard::Guard<'a>>,
 }
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given
@@ -98,10 +100,15 @@ impl UpdateFrom {
 
 /// A required argument of nudge_fit: NULL is an error.
 pub fn required<T>(value: Option<T>, name: &str) -> T {
+    required_in(value, name, "nudge_fit")
+}
+
+/// A required argument of function `func`: NULL is an error.
+pub fn required_in<T>(value: Option<T>, name: &str, func: &str) -> T {
     value.unwrap_or_else(|| {
         raise_with(
             Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("argument \"{name}\" of nudge_fit must not be NULL"),
+            format!("argument \"{name}\" of {func} must not be NULL"),
             None,
             Some("Leave an argument out to use its default.".into()),
         )

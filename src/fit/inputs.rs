@@ -20,6 +20,9 @@ pub struct Corpus {
     pub target: Option<Column>,
     /// Whether the fit writes (not a dry run).
     pub writing: bool,
+    /// Whether the pass collects the addresses of the rows to write: when writing, and for a
+    /// guard, which scores them (also in a dry run).
+    pub addressing: bool,
     /// A plain table, or a Citus table (rows addressed by id and distribution column).
     pub placement: Placement,
 }
@@ -94,7 +97,8 @@ pub fn resolve(a: &FitArgs) -> Corpus {
         check_writable(a.corpus, &rel.sql, target.as_ref().unwrap_or(&emb));
         Spi::run(&format!("LOCK TABLE {} IN {} MODE", rel.sql, a.lock.mode_sql())).or_raise();
     }
-    Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, placement }
+    let addressing = writing || a.guard.is_some();
+    Corpus { oid: a.corpus, sql: rel.sql, id, emb, kind, target, writing, addressing, placement }
 }
 
 /// A writing fit needs a table, or a view PostgreSQL can UPDATE the column through (an

@@ -23,6 +23,7 @@
 
 mod apply;
 mod config;
+mod guard;
 mod inputs;
 mod labels;
 mod originals;
@@ -52,6 +53,14 @@ type FitRow = (
     name!(seconds, f64),
     name!(rows_skipped, i64),
 );
+
+/// What a fit or refit returns: nudge_fit's row, and for nudge_refit also its status and the
+/// guard's numbers.
+struct Ran {
+    row: FitRow,
+    status: &'static str,
+    guard: Option<guard::Verdict>,
+}
 
 /// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
 #[allow(clippy::too_many_arguments)]
@@ -115,20 +124,28 @@ fn nudge_fit(
         refit_of: None,
         lock: inputs::Lock::parse(required(lock, "lock")),
         staged: required(staged, "staged"),
+        guard: None,
     };
-    TableIterator::once(run(&args))
+    TableIterator::once(run(&args).row)
 }
 
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
 /// from the original vectors (as every fit does) and is recorded as a new fit. `lock` is the
-/// call's own (not the recorded fit's), and so is `staged`.
+/// call's own (not the recorded fit's), and so are `staged` and the guard: with
+/// `guard_queries` / `guard_qrels` the refit is written (or staged) only if it scores at least
+/// the current vectors' `guard_metric` minus `guard_tolerance` on those queries (guard.rs).
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn nudge_refit(
-    fit_id: i64,
-    dry_run: default!(bool, false),
-    lock: default!(&str, "'rows'"),
-    staged: default!(bool, false),
+    fit_id: Option<i64>,
+    dry_run: default!(Option<bool>, false),
+    lock: default!(Option<&str>, "'rows'"),
+    staged: default!(Option<bool>, false),
+    guard_queries: default!(Option<RegClass>, "NULL"),
+    guard_qrels: default!(Option<RegClass>, "NULL"),
+    guard_metric: default!(Option<&str>, "'ndcg@10'"),
+    guard_tolerance: default!(Option<f64>, 0.0),
 ) -> TableIterator<
     'static,
     (
@@ -140,9 +157,23 @@ fn nudge_refit(
         name!(validation_after, Option<f64>),
         name!(seconds, f64),
         name!(rows_skipped, i64),
+        name!(status, String),
+        name!(guard_before, Option<f64>),
+        name!(guard_after, Option<f64>),
     ),
 > {
-    let lock = inputs::Lock::parse(lock);
+    // (not STRICT, as the guard tables default to NULL: every other NULL is an error)
+    use config::required_in as required;
+    let fit_id = required(fit_id, "fit_id", "nudge_refit");
+    let dry_run = required(dry_run, "dry_run", "nudge_refit");
+    let staged = required(staged, "staged", "nudge_refit");
+    let lock = inputs::Lock::parse(required(lock, "lock", "nudge_refit"));
+    let guard = guard::parse(
+        guard_queries.map(|r| r.0),
+        guard_qrels.map(|r| r.0),
+        required(guard_metric, "guard_metric", "nudge_refit"),
+        required(guard_tolerance, "guard_tolerance", "nudge_refit"),
+    );
     let Some(r) = Recorded::read(fit_id) else {
         raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
     };
@@ -172,8 +203,12 @@ fn nudge_refit(
         refit_of: Some(fit_id),
         lock,
         staged,
+        guard,
     };
-    TableIterator::once(run(&args))
+    let ran = run(&args);
+    let (a, b, c, d, e, f, g, h) = ran.row;
+    let (before, after) = (ran.guard.map(|v| v.before), ran.guard.map(|v| v.after));
+    TableIterator::once((a, b, c, d, e, f, g, h, ran.status.to_string(), before, after))
 }
 
 /// The parameters of a recorded fit (nudge_refit), and its state (nudge_apply_step).
@@ -260,7 +295,7 @@ fn corpus_pass<P: pass::CorpusPass>(
 }
 
 /// A fit, phase by phase.
-fn run(a: &FitArgs) -> FitRow {
+fn run(a: &FitArgs) -> Ran {
     let ext = crate::catalog::current();
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
@@ -277,6 +312,9 @@ fn run(a: &FitArgs) -> FitRow {
     let split = config::split(a, &config);
     let held_out = !matches!(split, Split::Folds(_)) && !matches!(config.selection, Selection::Fixed(_));
     let labels = labels::read_and_split(a, split, held_out);
+    if let Some(g) = &a.guard {
+        guard::check_disjoint(g, a);
+    }
     let originals = originals::read(&ext, a.corpus, &corpus.emb);
 
     // the corpus pass and the choice of gamma: on a held-out split (the update from the training
@@ -306,9 +344,21 @@ fn run(a: &FitArgs) -> FitRow {
         }
     };
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
+    let verdict = a.guard.as_ref().map(|g| guard::judge(g, &corpus, &rows, &mut reporter));
+    let status = match verdict {
+        _ if a.dry_run => "dry_run",
+        Some(v) if !v.accepted => "rejected",
+        _ if a.staged => "staged",
+        _ => "applied",
+    };
 
     let fit_id = crate::catalog::next_fit_id(&ext);
-    let written = if a.staged {
+    if let (Some(v), Some(g)) = (verdict, &a.guard) {
+        guard::notice(fit_id, g, &v, status);
+    }
+    let written = if status == "rejected" || a.dry_run {
+        apply::Written { rows: 0, skipped: 0 }
+    } else if a.staged {
         stage::stage(&ext, &corpus, fit_id, &rows, &mut reporter);
         apply::Written { rows: 0, skipped: 0 }
     } else {
@@ -331,8 +381,11 @@ fn run(a: &FitArgs) -> FitRow {
             records_changed,
             written: &written,
             seconds,
+            status,
+            guard: verdict,
         },
     );
     let method = config::method_name(config.method).to_string();
-    (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds, written.skipped)
+    let row = (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds, written.skipped);
+    Ran { row, status, guard: verdict }
 }

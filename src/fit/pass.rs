@@ -58,11 +58,11 @@ impl CorpusPass for KFoldPass {
     }
 }
 
-/// Rows the fit may write, found by the pass (empty unless writing).
+/// Rows the fit may write, found by the pass (empty unless writing or guarded).
 pub struct Addresses {
-    /// Moving records' rows, by key (only when writing).
+    /// Moving records' rows, by key.
     pub moving: HashMap<u64, RowAddr>,
-    /// Rows that earlier fits changed, with their keys (only when writing): written back to
+    /// Rows that earlier fits changed, with their keys: written back to
     /// their originals unless this fit moves them.
     pub previously_moved: Vec<(RowAddr, u64)>,
 }
@@ -93,7 +93,7 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
             Some(o) => {
                 buf.truncate(current);
                 buf.extend_from_slice(&o.original);
-                if corpus.writing {
+                if corpus.addressing {
                     previously_moved.push((address(corpus, row, rid.clone()), key));
                 }
             }
@@ -105,7 +105,7 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
             ),
             None => {}
         }
-        if corpus.writing && moving_keys.contains(&key) {
+        if corpus.addressing && moving_keys.contains(&key) {
             moving.insert(key, address(corpus, row, rid));
         }
         batch_keys.push(key);
@@ -124,7 +124,7 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
 /// `tableoid, ctid` on a plain table, the distribution column's value on a Citus table
 /// distributed by another column than the id.
 fn address_columns(corpus: &Corpus) -> String {
-    match (&corpus.placement, corpus.writing) {
+    match (&corpus.placement, corpus.addressing) {
         (_, false) | (Placement::Citus { dist: None, .. } | Placement::View, _) => String::new(),
         (Placement::Local, true) => ", t.tableoid, t.ctid".into(),
         (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::pg_catalog.text", d.ident),

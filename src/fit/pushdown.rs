@@ -29,7 +29,7 @@ pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &La
         spec: pass.shard_spec(),
         labelled: labels.keys.clone(),
         originals: originals.iter().map(|(id, o)| (id.clone(), (o.written, o.original.clone()))).collect(),
-        writing: corpus.writing,
+        writing: corpus.addressing,
     };
     let dist = match &corpus.placement {
         Placement::Citus { dist: Some(d), .. } => quote_literal(&d.name),

@@ -24,6 +24,9 @@ pub struct Done<'a> {
     pub records_changed: i64,
     pub written: &'a super::apply::Written,
     pub seconds: f64,
+    /// applied, staged, dry_run or rejected (by the guard).
+    pub status: &'a str,
+    pub guard: Option<super::guard::Verdict>,
 }
 
 /// The fit's row, written as the extension's owner (user roles cannot write the catalog);
@@ -37,10 +40,12 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
-             update_from, rows_skipped, lock, created_by)
+             update_from, rows_skipped, lock, created_by, guard_queries, guard_qrels, guard_metric, guard_tolerance,
+             guard_before, guard_after)
          VALUES ($26, $1::pg_catalog.regclass, $2, $3, $4, $5, $6::pg_catalog.regclass, $7::pg_catalog.regclass,
              $8::pg_catalog.regclass, $9::pg_catalog.regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name)",
+             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name,
+             $34::pg_catalog.regclass, $35::pg_catalog.regclass, $36, $37, $38, $39)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -70,14 +75,7 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
             d.outcome.validation_before.into(),
             d.outcome.validation_after.into(),
             curve.into(),
-            (if a.dry_run {
-                "dry_run"
-            } else if a.staged {
-                "staged"
-            } else {
-                "applied"
-            })
-            .into(),
+            d.status.into(),
             d.fit_id.into(),
             d.seconds.into(),
             a.refit_of.into(),
@@ -86,6 +84,12 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
             d.written.skipped.into(),
             (!a.dry_run).then_some(a.lock.name()).into(),
             created_by.into(),
+            a.guard.as_ref().map(|g| g.queries).into(),
+            a.guard.as_ref().map(|g| g.qrels).into(),
+            a.guard.as_ref().map(|g| g.metric_name.to_ascii_lowercase()).into(),
+            a.guard.as_ref().map(|g| g.tolerance).into(),
+            d.guard.map(|v| v.before).into(),
+            d.guard.map(|v| v.after).into(),
         ],
     ))
     .or_raise();

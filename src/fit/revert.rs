@@ -58,6 +58,9 @@ fn revertible(fit_id: i64) -> (Recorded, columns::Relation) {
     if f.status == "dry_run" {
         raise(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("fit {fit_id} was a dry run and changed nothing"));
     }
+    if f.status == "rejected" {
+        raise(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("fit {fit_id} was rejected by its guard and changed nothing"));
+    }
     if let Some(target) = &f.target {
         raise_with(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

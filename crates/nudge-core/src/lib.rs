@@ -22,6 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod gamma;
 pub mod gradient;
+pub mod half;
 pub mod kfold;
 pub mod knn;
 mod la;

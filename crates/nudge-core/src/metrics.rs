@@ -61,7 +61,8 @@ impl Metric {
         self.pick(&evaluate(ranked, relevant, self.k()))
     }
 
-    fn pick(&self, m: &QueryMetrics) -> f64 {
+    /// This metric out of all the metrics of one query.
+    pub fn pick(&self, m: &QueryMetrics) -> f64 {
         match self {
             Metric::Ndcg(_) => m.ndcg,
             Metric::Recall(_) => m.recall,

@@ -32,3 +32,19 @@ CREATE TABLE q_half AS SELECT id, embedding::halfvec(8) AS embedding FROM q;
 SELECT records_changed FROM nudge_fit('docs_half', 'embedding', 'q_half', 'qrels', gamma => 0.2, dry_run => true);
 CREATE TABLE hv_docs AS SELECT id, embedding::vector(8) AS embedding, NULL::halfvec(8) AS t_half FROM docs_arr;
 SELECT try($$SELECT * FROM nudge_fit('hv_docs', 'embedding', 'q', 'qrels', gamma => 0.1, target => 't_half')$$);
+
+-- a guarded refit scores the candidate as the column will hold it (rounded to halfvec): the
+-- guard's "after" is nudge_evaluate of the column after the write
+CREATE TABLE qrels_h40 AS SELECT * FROM qrels WHERE query_id <= 40;
+CREATE TABLE gq_half AS SELECT id + 1000 AS id, embedding FROM q WHERE id > 40;
+CREATE TABLE gqrels_half AS SELECT query_id + 1000 AS query_id, doc_id, score FROM qrels WHERE query_id > 40;
+SELECT fit_id AS half_fit FROM nudge_fit('docs_half', 'embedding', 'q', 'qrels_h40', gamma => 0.2, dry_run => true) \gset
+SET client_min_messages = warning;
+SELECT fit_id AS guarded, status FROM nudge_refit(:half_fit, dry_run => false, guard_queries => 'gq_half', guard_qrels => 'gqrels_half', guard_tolerance => 1) \gset
+RESET client_min_messages;
+SELECT :'status' AS status;
+SELECT f.guard_after = e.ndcg AS after_is_evaluate, f.guard_after <> f.guard_before AS moved
+  FROM nudge.fits f, nudge_evaluate('docs_half', 'embedding', 'gq_half', 'gqrels_half') e
+ WHERE f.fit_id = :guarded;
+SELECT nudge_revert(:guarded) > 0 AS reverted;
+SELECT checksum('docs_half', 'embedding') = :'before_half' AS restored_exactly;

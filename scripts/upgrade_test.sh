@@ -385,9 +385,11 @@ check "$from: the applied fits changed their tables" \
   "$(q upg "SELECT differing('docs_vec', 'embedding') > 0 AND differing('docs_arr', 'embedding') > 0 AND differing('docs_f8', 'embedding') > 0")" t
 check "$from: the staged fit wrote nothing yet, the target fit only its target" \
   "$(q upg "SELECT differing('docs_stg', 'embedding') = 0 AND differing('docs_t', 'embedding') = 0 AND differing('docs_t', 'nudged') = 300")" t
+# nudge.fits as 0.1.0 recorded it (0.2.0 adds the guard columns, NULL for those fits)
+fits_kept="SELECT md5(string_agg((pg_catalog.to_jsonb(f) - '{guard_queries,guard_qrels,guard_metric,guard_tolerance,guard_before,guard_after}'::text[])::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f"
 t_md5="$(q upg "SELECT col_md5('docs_t', 'nudged')")"
 before_md5="$(q upg "SELECT string_agg(col_md5(t, 'embedding'), ',') FROM unnest('{docs_vec,docs_arr,docs_f8,docs_stg,docs_t}'::regclass[]) AS t")"
-catalog_before="$(q upg "SELECT md5(string_agg(f::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
+catalog_before="$(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
 server_down "$data18" "$bin18"
 
 install_nudge "$U/v$current-pg18" "$pg18_config"
@@ -403,7 +405,7 @@ for stmt in "SELECT * FROM nudge_fit('docs_arr', 'embedding', 'q_docs_arr', 'qre
   esac
 done
 check "the refused calls changed nothing" \
-  "$(q upg "SELECT string_agg(col_md5(t, 'embedding'), ',') FROM unnest('{docs_vec,docs_arr,docs_f8,docs_stg,docs_t}'::regclass[]) AS t") $(q upg "SELECT md5(string_agg(f::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
+  "$(q upg "SELECT string_agg(col_md5(t, 'embedding'), ',') FROM unnest('{docs_vec,docs_arr,docs_f8,docs_stg,docs_t}'::regclass[]) AS t") $(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
   "$before_md5 $catalog_before"
 
 # 0.1.0's nudge_revert is PL/pgSQL: until the update it runs as it did (on the new library);
@@ -418,12 +420,12 @@ else
     *) fail "before the update, nudge_revert(...): got '$got', want 55000 and '$hint'" ;;
   esac
 fi
-catalog_before="$(q upg "SELECT md5(string_agg(f::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
+catalog_before="$(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
 
 q upg "ALTER EXTENSION nudge UPDATE"
 check "ALTER EXTENSION nudge UPDATE: extversion" "$(q upg "SELECT extversion FROM pg_extension WHERE extname = 'nudge'")" "$current"
 check "fits, backups and staged rows kept by the update" \
-  "$(q upg "SELECT md5(string_agg(f::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
+  "$(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
   "$catalog_before"
 q postgres "CREATE DATABASE fresh"
 q fresh "CREATE EXTENSION vector; CREATE EXTENSION nudge;"

@@ -94,7 +94,7 @@ CREATE FUNCTION @extschema@."nudge_refit"(
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'nudge_refit_wrapper';
+AS 'MODULE_PATHNAME', 'nudge_refit_guarded_wrapper';
 
 -- (CREATE OR REPLACE keeps grants users made on these)
 CREATE OR REPLACE FUNCTION @extschema@."nudge_revert"(

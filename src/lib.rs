@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 mod catalog;
 mod citus;
 mod columns;
+mod compat;
 mod error;
 mod evaluate;
 mod exec;

@@ -134,10 +134,13 @@ fn nudge_fit(
 /// call's own (not the recorded fit's), and so are `staged` and the guard: with
 /// `guard_queries` / `guard_qrels` the refit is written (or staged) only if it scores at least
 /// the current vectors' `guard_metric` minus `guard_tolerance` on those queries (guard.rs).
+///
+/// (Its C symbol is `nudge_refit_guarded_wrapper`: 0.1.0's SQL binds `nudge_refit_wrapper`,
+/// with four arguments, and compat.rs keeps that symbol for the version check.)
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(name = "nudge_refit", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nudge_refit(
+fn nudge_refit_guarded(
     fit_id: Option<i64>,
     dry_run: default!(Option<bool>, false),
     lock: default!(Option<&str>, "'rows'"),

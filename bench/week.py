@@ -4,8 +4,9 @@ Labels arrive day by day (the training queries of the paper's split, in seven ba
 day 1 fits, days 2-7 run the nightly job, `nudge_refit(first_fit, guard_queries =>,
 guard_qrels =>)`. The guard is a fixed slice of the test queries (the first half, by id); the
 other half is never used by any fit or guard and shows what the users of the other queries
-see. On day 5 a bot's clicks (random documents for real queries) arrive with the real ones; on
-day 6 they are found and deleted. Prints one line per day and, with --json, writes them.
+see. On day 5 a deploy breaks the labels view (every click now names the document loaded
+after the clicked one); on day 6 it is fixed. Prints one line per day and, with --json,
+writes them.
 
 Run against a server with nudge (release build) and pgvector installed, e.g. the demo's:
     scripts/demo.sh && PGHOST=127.0.0.1 PGPORT=<port> PGUSER=postgres \
@@ -28,13 +29,17 @@ sys.path.insert(0, str(ROOT / "tests" / "reference"))
 import nudge_ref as R  # noqa: E402
 
 DAYS = 7
+LABELS = """CREATE OR REPLACE VIEW labels AS SELECT query_id, doc_id, 1 AS score FROM clicks
+             WHERE day <= (SELECT day FROM today)"""
+BROKEN = """CREATE OR REPLACE VIEW labels AS SELECT c.query_id, n.next_id AS doc_id, 1 AS score
+              FROM clicks c JOIN next_doc n ON n.id = c.doc_id WHERE c.day <= (SELECT day FROM today)"""
 
 
 def vec(v):
     return "[" + ",".join(f"{x:.9g}" for x in v) + "]"
 
 
-def load(c, ds, train, guard, held_out, bot_rows):
+def load(c, ds, train, guard, held_out):
     c.execute("DROP TABLE IF EXISTS docs, queries, clicks, monitor_queries, monitor_qrels, "
               "other_queries, other_qrels CASCADE")
     c.execute("CREATE TABLE docs (id text PRIMARY KEY, embedding vector(384))")
@@ -53,21 +58,23 @@ def load(c, ds, train, guard, held_out, bot_rows):
                 for d, s in ds.qrels[q].items():
                     if s > 0:
                         cp.write_row((q, d, s))
-    # the click log: day of arrival, bot flag
-    c.execute("CREATE TABLE clicks (query_id text, doc_id text, day int, bot bool)")
+    # the click log: day of arrival
+    c.execute("CREATE TABLE clicks (query_id text, doc_id text, day int)")
     with c.cursor().copy("COPY clicks FROM STDIN") as cp:
         for day, q in zip(np.array_split(np.arange(len(train)), DAYS), range(DAYS)):
             for i in day:
                 for d, s in ds.qrels[train[i]].items():
                     if s > 0:
-                        cp.write_row((train[i], d, q + 1, False))
-        for q, d in bot_rows:
-            cp.write_row((q, d, 5, True))
+                        cp.write_row((train[i], d, q + 1))
+    # load order, for day 5's broken view
+    c.execute("CREATE TABLE next_doc (id text PRIMARY KEY, next_id text)")
+    with c.cursor().copy("COPY next_doc FROM STDIN") as cp:
+        for d, n in zip(ds.doc_ids, ds.doc_ids[1:] + ds.doc_ids[:1]):
+            cp.write_row((d, n))
     c.execute("CREATE TABLE today (day int)")
     c.execute("INSERT INTO today VALUES (1)")
     # the labels view the fit reads: every click up to today
-    c.execute("""CREATE VIEW labels AS SELECT query_id, doc_id, 1 AS score FROM clicks
-                  WHERE day <= (SELECT day FROM today)""")
+    c.execute(LABELS)
     c.execute("VACUUM ANALYZE")
 
 
@@ -80,7 +87,6 @@ def main(argv=None):
     p.add_argument("--db", default="nudge_week")
     p.add_argument("--data", default=str(ROOT / "data" / "scifact"))
     p.add_argument("--tolerance", type=float, default=0.0)
-    p.add_argument("--bot-clicks", type=int, default=400)
     p.add_argument("--json", help="write the days to this file")
     a = p.parse_args(argv)
 
@@ -89,9 +95,6 @@ def main(argv=None):
     train = train + val          # every labelled non-test query arrives as clicks
     test = sorted(test)
     guard, held_out = test[: len(test) // 2], test[len(test) // 2:]
-    rng = np.random.default_rng(5)
-    bot_rows = [(train[i], ds.doc_ids[j]) for i, j in
-                zip(rng.integers(0, len(train), a.bot_clicks), rng.integers(0, len(ds.doc_ids), a.bot_clicks))]
 
     with psycopg.connect(dbname="postgres", autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{a.db}"')
@@ -100,7 +103,7 @@ def main(argv=None):
         c.execute("CREATE EXTENSION vector")
         c.execute("CREATE EXTENSION nudge")
         c.execute("SET nudge.progress = off")
-        load(c, ds, train, guard, held_out, bot_rows)
+        load(c, ds, train, guard, held_out)
         load_avg = os.getloadavg()
         days = []
         start = {"guard": ndcg(c, "monitor_queries", "monitor_qrels"),
@@ -109,8 +112,8 @@ def main(argv=None):
         first = None
         for day in range(1, DAYS + 1):
             c.execute("UPDATE today SET day = %s", (day,))
-            if day == 6:
-                c.execute("DELETE FROM clicks WHERE bot")   # found and removed
+            if day in (5, 6):
+                c.execute(BROKEN if day == 5 else LABELS)   # broken by a deploy, then fixed
             labels = c.execute("SELECT count(*) FROM labels").fetchone()[0]
             t0 = time.time()
             if first is None:
@@ -131,7 +134,7 @@ def main(argv=None):
                          "guard_before": before, "guard_candidate": after, "guard_ndcg": g,
                          "other_test_ndcg": o, "records_changed": changed, "seconds": round(secs, 2)})
             cand = "" if after is None else f" (candidate {after:.4f})"
-            print(f"day {day}: {labels:4d} labels{' + bot' if day == 5 else ''}  {status:8s} guard ndcg@10 "
+            print(f"day {day}: {labels:4d} labels{' (broken view)' if day == 5 else ''}  {status:8s} guard ndcg@10 "
                   f"{g:.4f}{cand}   other test queries {o:.4f}   {secs:.1f} s")
         prev = days[0]["guard_ndcg"]
         for d in days[1:]:

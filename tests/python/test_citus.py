@@ -483,3 +483,37 @@ def test_staged_fit_applied_in_batches(cluster, table):
         conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", (moved,))
         conn.cursor().executemany(f"INSERT INTO {table} (id, tenant, embedding, nudged) VALUES (%s, %s, %s, %s)", saved)
         assert table_md5(conn, table) == before
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
+def test_guarded_refit(cluster, table):
+    """A guarded refit of a distributed table: the guard's numbers are those of the plain
+    table, equal nudge_evaluate before and after the write, and a rejection writes nothing."""
+    conn = cluster
+    ev = "SELECT ndcg FROM nudge_evaluate(%s::regclass, 'embedding', 'q_test', 'r_test')"
+    conn.execute("DROP TABLE IF EXISTS r_grow")
+    conn.execute("CREATE TABLE r_grow AS SELECT * FROM r_train WHERE query_id IN "
+                 "(SELECT id FROM q_train ORDER BY id LIMIT 300)")
+    refit = ("SELECT status, guard_before, guard_after, fit_id FROM nudge_refit(%s, "
+             "guard_queries => 'q_test', guard_qrels => 'r_test', guard_tolerance => %s)")
+    got = {}
+    for t in ("docs_local", table):
+        first = conn.execute("SELECT fit_id FROM nudge_fit(%s::regclass, 'embedding', 'q_train', 'r_grow')",
+                             (t,)).fetchone()[0]
+        now = conn.execute(ev, (t,)).fetchone()[0]
+        before_md5 = table_md5(conn, t)
+        # tolerance -1: only a gain of 1 would do, so it is rejected and nothing is written
+        status, before, after, rejected = conn.execute(refit, (first, -1.0)).fetchone()
+        assert status == "rejected" and before == pytest.approx(now, abs=1e-12)
+        assert table_md5(conn, t) == before_md5
+        assert conn.execute("SELECT status, rows_written FROM nudge.fits WHERE fit_id = %s",
+                            (rejected,)).fetchone() == ("rejected", 0)
+        conn.execute("INSERT INTO r_grow SELECT * FROM r_train EXCEPT SELECT * FROM r_grow")
+        status, before, after, refit_id = conn.execute(refit, (first, 1.0)).fetchone()
+        assert status == "applied" and before == pytest.approx(now, abs=1e-12) and after != before
+        assert conn.execute(ev, (t,)).fetchone()[0] == pytest.approx(after, abs=1e-12)
+        got[t] = (before, after)
+        conn.execute("SELECT nudge_revert(%s)", (refit_id,))
+        conn.execute("SELECT nudge_revert(%s)", (first,))
+        conn.execute("DELETE FROM r_grow WHERE query_id NOT IN (SELECT id FROM q_train ORDER BY id LIMIT 300)")
+    assert got[table] == pytest.approx(got["docs_local"], abs=1e-12)

@@ -69,7 +69,7 @@ pub fn check_disjoint(g: &Guard, a: &FitArgs) {
     fit_tables.extend(a.validation);
     let guard_ids = labelled_query_ids(g.qrels);
     for (q, r) in fit_tables {
-        let shared = if q == g.queries { guard_ids.iter().next().cloned() } else { labelled_query_ids(r).intersection(&guard_ids).next().cloned() };
+        let shared = if q == g.queries { guard_ids.iter().min().cloned() } else { labelled_query_ids(r).intersection(&guard_ids).min().cloned() };
         if let Some(id) = shared {
             raise_with(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,

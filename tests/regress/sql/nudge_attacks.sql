@@ -538,6 +538,11 @@ BEGIN
                             p, corpus, 'embedding', 'attack.q', qrels, 'inner_product') INTO x;
   EXECUTE pg_catalog.format('SELECT f.fit_id FROM %snudge_refit(%s) AS f', p, a) INTO b;
   EXECUTE pg_catalog.format('SELECT f.fit_id FROM %snudge_refit(%s, dry_run => true) AS f', p, b) INTO x;
+  -- guarded refits: one scored and not written (dry run), one rejected
+  EXECUTE pg_catalog.format('SELECT f.fit_id FROM %snudge_refit(%s, dry_run => true, guard_queries => %L, guard_qrels => %L) AS f',
+                            p, b, 'attack.gq', 'attack.gr') INTO x;
+  EXECUTE pg_catalog.format('SELECT f.fit_id FROM %snudge_refit(%s, guard_queries => %L, guard_qrels => %L, guard_metric => %L, guard_tolerance => -2) AS f',
+                            p, b, 'attack.gq', 'attack.gr', 'mrr@5') INTO x;
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s)', p, b) INTO x;
   EXECUTE pg_catalog.format('SELECT %snudge_revert(%s, lock => %L)', p, a, 'table') INTO x;
   EXECUTE pg_catalog.concat(fit, pg_catalog.format(', validation_queries => %L, validation_qrels => %L, method => %L, gamma_search => %L, dry_run => true) AS f',
@@ -679,6 +684,9 @@ CREATE TABLE attack.r_vc AS SELECT query_id, ('v' || doc_id)::varchar(20) AS doc
 CREATE TABLE attack.d_uuid (id uuid PRIMARY KEY, embedding real[], nudged real[]);
 INSERT INTO attack.d_uuid SELECT md5(i::text)::uuid, e FROM base WHERE i <= 40;
 CREATE TABLE attack.r_uuid AS SELECT query_id, md5(doc_id::text)::uuid AS doc_id FROM attack.r_int;
+-- guard queries (ids of their own) and labels (the integer corpora's doc ids, as text)
+CREATE TABLE attack.gq AS SELECT id + 100 AS id, embedding FROM attack.q;
+CREATE TABLE attack.gr AS SELECT query_id + 100 AS query_id, doc_id::text AS doc_id FROM attack.r_int;
 CREATE TABLE attack.d_rls (id integer PRIMARY KEY, embedding real[]);
 INSERT INTO attack.d_rls SELECT i, e FROM base;
 ALTER TABLE attack.d_rls ENABLE ROW LEVEL SECURITY;

@@ -40,10 +40,10 @@ INSERT INTO qrels_g SELECT * FROM qrels WHERE query_id > 30;
 
 -- a guard the refit passes (tolerance 1: any result): its numbers are nudge_evaluate's of the
 -- column before and after the write
-SELECT status, rows_skipped, abs(guard_before - :ndcg_now) < 1e-12 AS before_is_evaluate, guard_after IS NOT NULL AS scored
+SELECT fit_id AS accepted_fit, guard_after AS accepted_after, status, rows_skipped,
+       abs(guard_before - :ndcg_now) < 1e-12 AS before_is_evaluate, guard_after IS NOT NULL AS scored
   FROM nudge_refit(:first_fit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1) \gset
 SELECT :'status' AS status, :'before_is_evaluate' AS before_is_evaluate, :'scored' AS scored;
-SELECT fit_id AS accepted_fit, guard_after AS accepted_after FROM nudge.fits ORDER BY fit_id DESC LIMIT 1 \gset
 SELECT abs(ndcg - :accepted_after) < 1e-12 AS after_is_evaluate FROM nudge_evaluate('docs_g', 'embedding', 'gq', 'gqrels');
 SELECT status, guard_metric, guard_tolerance, guard_queries, guard_qrels, refit_of = :first_fit AS refit_of
   FROM nudge.fits WHERE fit_id = :accepted_fit;
@@ -52,25 +52,24 @@ SELECT nudge_revert(:accepted_fit) > 0 AS reverted;
 -- the same refit against a guard it loses on: the monitor's documents are today's nearest ones,
 -- and the refit moves other documents in front of some of them
 SELECT checksum('docs_g', 'embedding') AS before_rejected \gset
-SELECT status, records_changed > 0 AS computed, rows_skipped, guard_after < guard_before AS worse
-  FROM nudge_refit(:first_fit, guard_queries => 'gq', guard_qrels => 'gqrels');
+SELECT fit_id AS rejected_fit, status, records_changed > 0 AS computed, rows_skipped, guard_after < guard_before AS worse
+  FROM nudge_refit(:first_fit, guard_queries => 'gq', guard_qrels => 'gqrels') \gset
+SELECT :'status' AS status, :'computed' AS computed, :rows_skipped AS rows_skipped, :'worse' AS worse;
 SELECT checksum('docs_g', 'embedding') = :'before_rejected' AS unchanged;
-SELECT fit_id AS rejected_fit FROM nudge.fits ORDER BY fit_id DESC LIMIT 1 \gset
 SELECT status, rows_written, guard_metric, guard_tolerance, guard_after < guard_before AS worse,
        (SELECT count(*) FROM nudge.fit_backups b WHERE b.fit_id = f.fit_id) AS backups
   FROM nudge.fits f WHERE fit_id = :rejected_fit;
 SELECT regexp_replace(t('SELECT nudge_revert(' || :rejected_fit || ')'), 'fit \d+', 'fit N') AS t;
 -- a tolerance that covers the loss lets it through
-SELECT status FROM nudge_refit(:first_fit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 0.5);
-SELECT checksum('docs_g', 'embedding') <> :'before_rejected' AS written;
-SELECT nudge_revert(fit_id) > 0 AS reverted FROM nudge.fits ORDER BY fit_id DESC LIMIT 1;
+SELECT fit_id AS tolerated, status FROM nudge_refit(:first_fit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 0.5) \gset
+SELECT :'status' AS status, checksum('docs_g', 'embedding') <> :'before_rejected' AS written;
+SELECT nudge_revert(:tolerated) > 0 AS reverted;
 
 -- staged: the decision is taken before staging; a rejected refit stages nothing
-SELECT status FROM nudge_refit(:first_fit, staged => true, guard_queries => 'gq', guard_qrels => 'gqrels');
-SELECT count(*) AS staged_rows FROM nudge.fit_staged s JOIN nudge.fits f USING (fit_id) WHERE f.status = 'rejected';
-SELECT status, guard_after >= guard_before - 1 AS scored
-  FROM nudge_refit(:first_fit, staged => true, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1);
-SELECT fit_id AS staged_fit FROM nudge.fits ORDER BY fit_id DESC LIMIT 1 \gset
+SELECT fit_id AS staged_rejected, status FROM nudge_refit(:first_fit, staged => true, guard_queries => 'gq', guard_qrels => 'gqrels') \gset
+SELECT :'status' AS status, count(*) AS staged_rows FROM nudge.fit_staged WHERE fit_id = :staged_rejected;
+SELECT fit_id AS staged_fit, status FROM nudge_refit(:first_fit, staged => true, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1) \gset
+SELECT :'status' AS status;
 SELECT count(*) > 0 AS has_staged_rows FROM nudge.fit_staged WHERE fit_id = :staged_fit;
 SELECT nudge_revert(:staged_fit) >= 0 AS dropped;
 -- a dry run reports the guard and writes nothing
@@ -81,10 +80,10 @@ SELECT checksum('docs_g', 'embedding') = :'before_rejected' AS unchanged;
 ALTER TABLE docs_g ADD COLUMN tuned real[];
 SELECT fit_id AS target_fit FROM nudge_fit('docs_g', 'embedding', 'q', 'qrels_g', gamma => 0.5, target => 'tuned') \gset
 SELECT ndcg AS tuned_now FROM nudge_evaluate('docs_g', 'tuned', 'gq', 'gqrels') \gset
-SELECT status, abs(guard_before - :tuned_now) < 1e-12 AS before_is_evaluate
-  FROM nudge_refit(:target_fit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1);
-SELECT abs(ndcg - (SELECT guard_after FROM nudge.fits ORDER BY fit_id DESC LIMIT 1)) < 1e-12 AS after_is_evaluate
-  FROM nudge_evaluate('docs_g', 'tuned', 'gq', 'gqrels');
+SELECT guard_after AS tuned_after, status, abs(guard_before - :tuned_now) < 1e-12 AS before_is_evaluate
+  FROM nudge_refit(:target_fit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1) \gset
+SELECT :'status' AS status, :'before_is_evaluate' AS before_is_evaluate;
+SELECT abs(ndcg - :tuned_after) < 1e-12 AS after_is_evaluate FROM nudge_evaluate('docs_g', 'tuned', 'gq', 'gqrels');
 
 -- bad guards: nothing computed, nothing written
 SELECT t($$SELECT * FROM nudge_refit($$ || :first_fit || $$, guard_queries => 'q', guard_qrels => 'qrels_g')$$);

@@ -34,6 +34,9 @@ import pg_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 REGRESS_SQL = ROOT / "tests" / "regress" / "sql" / "nudge_attacks.sql"
+# guard queries and labels for chk.cycle's guarded refits (ids of their own, as in the suite)
+GUARD_TABLES = """CREATE TABLE attack.gq AS SELECT id + 100 AS id, embedding FROM attack.q;
+                  CREATE TABLE attack.gr AS SELECT query_id + 100 AS query_id, doc_id::text AS doc_id FROM attack.rv"""
 DB = "nudge_attacks_py"
 DIM = 8
 ATTACKER, OWNER, WRITER, PLAIN = "nudge_py_attacker", "nudge_py_owner", "nudge_py_writer", "nudge_py_plain"
@@ -174,6 +177,7 @@ def atk(db):
                     FROM generate_series(1, 40) i""")
     c.execute("CREATE INDEX ON attack.dv USING hnsw (embedding vector_cosine_ops)")
     c.execute("CREATE TABLE attack.rv AS SELECT k AS query_id, k * 3 % 40 + 1 AS doc_id FROM generate_series(1, 12) k")
+    c.execute(GUARD_TABLES)
     if halfvec:
         c.execute(f"""CREATE TABLE attack.dh (id text PRIMARY KEY, embedding halfvec({DIM}), nudged halfvec({DIM}))""")
         c.execute(f"INSERT INTO attack.dh SELECT 'doc ' || id, embedding::halfvec({DIM}) FROM attack.dv")
@@ -230,7 +234,7 @@ def test_entry_points_run_no_hostile_object(atk, path, role):
     assert marker(c) == "marker rows: 0, hostile calls: 0"
     for d, _ in corpora:
         assert c.execute("SELECT chk.summary(%s)", (d,)).fetchone()[0] == \
-            f"{d}: fits applied 1, dry_run 3, reverted 7; embeddings as before: t"
+            f"{d}: fits applied 1, dry_run 4, rejected 1, reverted 7; embeddings as before: t"
 
 
 def test_foreign_staged_fit_from_another_session(atk):
@@ -466,6 +470,7 @@ def test_citus_hostile_objects_on_every_node():
         coord.execute(f"""INSERT INTO attack.dv SELECT i, ARRAY(SELECT sin(i * j * 0.41 + j)::real
                             FROM generate_series(1, {DIM}) j) FROM generate_series(1, 40) i""")
         coord.execute("CREATE TABLE attack.rv AS SELECT k AS query_id, k * 3 % 40 + 1 AS doc_id FROM generate_series(1, 12) k")
+        coord.execute(GUARD_TABLES)
         coord.execute("SELECT create_distributed_table('attack.dv', 'id')")
         coord.execute("RESET ROLE")
         coord.execute("INSERT INTO chk.originals VALUES ('attack.dv', chk.emb_fp('attack.dv'))")
@@ -487,7 +492,7 @@ def test_citus_hostile_objects_on_every_node():
                     coord.execute("RESET ROLE")
                     coord.execute("RESET search_path")
         assert coord.execute("SELECT chk.summary('attack.dv')").fetchone()[0] == \
-            "attack.dv: fits applied 4, dry_run 12, reverted 28; embeddings as before: t"
+            "attack.dv: fits applied 4, dry_run 16, rejected 4, reverted 28; embeddings as before: t"
         for port, n in zip(ports, nodes):   # (chk.* exists on the coordinator only)
             assert n.execute("SELECT pg_catalog.format('marker rows: %s, hostile calls: %s', "
                              "(SELECT count(*) FROM public.attack_marker), "

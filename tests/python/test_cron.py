@@ -267,51 +267,109 @@ def test_failed_job_reports_nudge_error(server):
     assert catalog_state(c) == catalog
 
 
+class HeldRefit:
+    """A scheduled refit of a new case `name` held half-way through its writes: another
+    transaction holds the lock of a row it has to write (relevant to a newly labelled query)
+    in the middle of the table, whose order is the order of the writes. Entered once the job's
+    backend (pid) waits for that row; leaving releases the row."""
+
+    def __init__(self, server, name, setup=""):
+        c = server.conn
+        [self.fit] = server.case(name)
+        server.add_labels(name)
+        self.held = c.execute(f"""SELECT d.id FROM {name} AS d
+                                   WHERE d.id IN (SELECT doc_id FROM l_train WHERE half = 2)
+                                   ORDER BY d.ctid
+                                  OFFSET (SELECT count(DISTINCT doc_id) / 2 FROM l_train WHERE half = 2)
+                                   LIMIT 1""").fetchone()[0]
+        self.before, self.catalog = column_md5(c, "embedding", name), catalog_state(c)
+        size = c.execute("SELECT pg_relation_size(%s)", (name,)).fetchone()[0]
+        self.holder = server.connect()
+        self.holder.execute("BEGIN")
+        self.holder.execute(f"SELECT 1 FROM {name} WHERE id = %s FOR UPDATE", (self.held,))
+        try:
+            self.jobid = server.schedule(f"nudge-refit-{name}", f"{setup}SELECT * FROM nudge_refit({self.fit})")
+
+            def waiting():
+                for status, _, pid in server.runs(self.jobid):
+                    if status == "running" and pid and c.execute(
+                            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                            (pid,)).fetchone() == (True,):
+                        return pid
+                return None
+            wait_until(waiting, "the job's refit to wait for the held row")
+            self.pid = waiting()
+            query = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (self.pid,)).fetchone()[0]
+            assert f"nudge_refit({self.fit})" in query
+            # it has written the rows before the held one (new row versions, not committed)
+            assert c.execute("SELECT pg_relation_size(%s)", (name,)).fetchone()[0] > size
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        if self.holder is not None:
+            self.holder.rollback()
+            self.holder.close()
+            self.holder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def backend_gone(conn, pid):
+    return conn.execute("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+
+
 def test_cancelled_job_writes_nothing(server):
-    """pg_cancel_backend of the job's backend while the refit is writing (held by another
-    transaction's lock on a row it has to write, half-way through its writes): the job fails
-    with the cancel, the table is byte-equal and nudge's catalog has no trace of the refit."""
+    """pg_cancel_backend of the job's backend while the refit is writing: the job fails with
+    the cancel, the table is byte-equal and nudge's catalog has no trace of the refit."""
     c = server.conn
-    [fit] = server.case("docs_c")
-    server.add_labels("docs_c")
-    # a row the refit moves (relevant to a newly labelled query) in the middle of the table
-    held = c.execute("""SELECT d.id FROM docs_c AS d
-                         WHERE d.id IN (SELECT doc_id FROM l_train WHERE half = 2)
-                         ORDER BY d.ctid OFFSET (SELECT count(DISTINCT doc_id) / 2 FROM l_train WHERE half = 2)
-                         LIMIT 1""").fetchone()[0]
-    before, catalog = column_md5(c, "embedding", "docs_c"), catalog_state(c)
-    size = c.execute("SELECT pg_relation_size('docs_c')").fetchone()[0]
-    holder = server.connect()
-    holder.execute("BEGIN")
-    holder.execute("SELECT 1 FROM docs_c WHERE id = %s FOR UPDATE", (held,))
-    jobid = server.schedule("nudge-refit-c", f"SELECT * FROM nudge_refit({fit})")
-    try:
-        def waiting():
-            for status, _, pid in server.runs(jobid):
-                if status == "running" and pid and c.execute(
-                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                        (pid,)).fetchone() == (True,):
-                    return pid
-            return None
-        wait_until(waiting, "the job's refit to wait for the held row")
-        pid = waiting()
-        query = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
-        assert f"nudge_refit({fit})" in query
-        # it has written rows before the held one (new row versions, not yet committed)
-        assert c.execute("SELECT pg_relation_size('docs_c')").fetchone()[0] > size
-        assert c.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
-        status, message, _ = server.finished(jobid)
-    finally:
-        holder.rollback()
-        holder.close()
+    with HeldRefit(server, "docs_c") as h:
+        assert c.execute("SELECT pg_cancel_backend(%s)", (h.pid,)).fetchone()[0]
+        status, message, _ = server.finished(h.jobid)
     assert status == "failed"
     assert "canceling statement due to user request" in message, message
-    assert column_md5(c, "embedding", "docs_c") == before
-    assert catalog_state(c) == catalog
+    assert column_md5(c, "embedding", "docs_c") == h.before
+    assert catalog_state(c) == h.catalog
     # the refit does write the held row: it was held in the write
-    refit = c.execute(f"SELECT fit_id FROM nudge_refit({fit})").fetchone()[0]
+    refit = c.execute(f"SELECT fit_id FROM nudge_refit({h.fit})").fetchone()[0]
     assert c.execute("SELECT count(*) FROM nudge.fit_backups WHERE fit_id = %s AND row_id = %s",
-                     (refit, held)).fetchone()[0] == 1
+                     (refit, h.held)).fetchone()[0] == 1
+
+
+def test_unscheduling_a_running_job(server):
+    """cron.unschedule of a job while its refit runs: pg_cron records the run as failed, 'job
+    canceled', at once. With background workers it terminates the worker: nothing is written.
+    In libpq mode it only closes its connection: the backend goes on, and the refit commits
+    unless the backend notices the lost client first (when a progress NOTICE cannot be sent;
+    this job turns progress off, which makes the outcome certain). So the run says 'job
+    canceled' while the refit is applied: nudge.fits, not cron.job_run_details, tells what
+    happened; pg_cancel_backend(job_pid) is the way to stop a refit."""
+    c = server.conn
+    with HeldRefit(server, "docs_u", setup="SET nudge.progress = off; ") as h:
+        c.execute("SELECT cron.unschedule(%s)", (h.jobid,))
+        wait_until(lambda: server.runs(h.jobid)[0][0] == "failed", "pg_cron to give the run up")
+        assert server.runs(h.jobid)[0][1] == "job canceled"
+        if server.mode == "bgworker":
+            wait_until(lambda: backend_gone(c, h.pid), "the job's worker to exit")
+        else:
+            assert not backend_gone(c, h.pid)
+    wait_until(lambda: backend_gone(c, h.pid), "the job's backend to exit")
+    refits = refits_of(c, h.fit)
+    if server.mode == "bgworker":
+        assert refits == []
+        assert column_md5(c, "embedding", "docs_u") == h.before
+        assert catalog_state(c) == h.catalog
+    else:
+        [refit] = refits
+        assert fit_row(c, refit)["status"] == "applied"
+        assert column_md5(c, "embedding", "docs_u") != h.before
+        assert c.execute("SELECT count(*) FROM nudge.fit_backups WHERE fit_id = %s AND row_id = %s",
+                         (refit, h.held)).fetchone()[0] == 1
 
 
 def has_guard(conn):

@@ -9,9 +9,13 @@ in one of pg_cron's two job modes:
     launcher opens a libpq connection per run to cron.host (default 'localhost'; initdb's trust
     authentication lets it in) and the job runs in an ordinary client backend;
   * bgworker (cron.use_background_workers = on): the job runs in a background worker
-    (max_worker_processes raised so the launcher, jobs and parallel workers fit), which also
-    passes NOTICEs (nudge's progress) to cron.job_run_details.return_message while it runs.
-The database sets nudge.progress_interval = 0, so every refit reports progress all along.
+    (max_worker_processes raised so the launcher, jobs and parallel workers fit), which passes
+    its NOTICEs to the launcher. pg_cron 1.6.7 may then record a failed run as 'succeeded',
+    return_message one of its NOTICEs (seen here in 5 of 6 runs of a failing job after nudge's
+    progress NOTICEs; citusdata/pg_cron#405), so there the database sets nudge.progress = off,
+    as users of that mode should for their refit jobs.
+In libpq mode the database sets nudge.progress_interval = 0: every refit reports progress all
+along (pg_cron reads and drops the NOTICEs).
 
 Servers (skipped with a note when the server lacks pg_cron or nudge):
   * PostgreSQL 18 from NUDGE_CRON_BINDIR (default: the server on PATH, as pg_util.bindir()),
@@ -43,9 +47,9 @@ DB = "nudge_cron"
 TIMEOUT = 120                        # seconds a job may take to start and finish
 INTERVAL = 3                         # seconds schedule on pg_cron >= 1.5: the first run starts after it
 SETTINGS = f"-c shared_preload_libraries=pg_cron -c cron.database_name={DB}"
-MODES = {
-    "libpq": "-c cron.use_background_workers=off",
-    "bgworker": "-c cron.use_background_workers=on -c max_worker_processes=16",
+MODES = {  # server options, and nudge's progress setting for the database's sessions
+    "libpq": ("-c cron.use_background_workers=off", "nudge.progress_interval = 0"),
+    "bgworker": ("-c cron.use_background_workers=on -c max_worker_processes=16", "nudge.progress = off"),
 }
 FIT_COLUMNS = ("gamma", "train_queries", "validation_query_count", "records_moving", "records_changed",
                "rows_written", "rows_skipped", "validation_before", "validation_after", "status")
@@ -76,11 +80,12 @@ class CronServer:
 
     def __init__(self, bin_dir, mode, ref, version):
         self.mode, self.version = mode, version
-        self.pg = PrivateCluster(prefix=f"nudge-cron-{mode}-", options=f"{SETTINGS} {MODES[mode]}",
+        options, progress = MODES[mode]
+        self.pg = PrivateCluster(prefix=f"nudge-cron-{mode}-", options=f"{SETTINGS} {options}",
                                  bin_dir=bin_dir)
         with self.pg.connect() as admin:
             admin.execute(f"CREATE DATABASE {DB}")
-            admin.execute(f"ALTER DATABASE {DB} SET nudge.progress_interval = 0")
+            admin.execute(f"ALTER DATABASE {DB} SET {progress}")
         self.conn = self.connect()
         self.conn.execute("SET client_min_messages = warning")
         self.conn.execute("CREATE EXTENSION pg_cron")

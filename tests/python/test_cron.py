@@ -78,8 +78,8 @@ class CronServer:
     where the server has it) and SciFact loaded: docs_base (the corpus), q_train / l_train
     (training queries and qrels, `half` 1 or 2), q_val / l_val."""
 
-    def __init__(self, bin_dir, mode, ref, version):
-        self.mode, self.version = mode, version
+    def __init__(self, bin_dir, mode, ref):
+        self.mode = mode
         options, progress = MODES[mode]
         self.pg = PrivateCluster(prefix=f"nudge-cron-{mode}-", options=f"{SETTINGS} {options}",
                                  bin_dir=bin_dir)
@@ -195,7 +195,7 @@ def start_server(bin_dir, mode, ref, version):
     why = _missing(bin_dir)
     if why:
         pytest.skip(f"PostgreSQL {version} with pg_cron not available: {why}")
-    return CronServer(bin_dir, mode, ref, version)
+    return CronServer(bin_dir, mode, ref)
 
 
 @pytest.fixture(scope="module", params=list(MODES))

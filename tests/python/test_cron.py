@@ -188,7 +188,7 @@ def wait_until(pred, what, timeout=TIMEOUT, poll=0.1):
         if pred():
             return
         time.sleep(poll)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 def start_server(bin_dir, mode, ref, version):
@@ -296,13 +296,15 @@ class HeldRefit:
             self.jobid = server.schedule(f"nudge-refit-{name}", f"{setup}SELECT * FROM nudge_refit({self.fit})")
 
             def waiting():
-                for status, _, pid in server.runs(self.jobid):
+                for status, message, pid in server.runs(self.jobid):
+                    assert status not in ("succeeded", "failed"), f"the run ended before the held row: {message}"
                     if status == "running" and pid and c.execute(
                             "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
                             (pid,)).fetchone() == (True,):
                         return pid
                 return None
-            wait_until(waiting, "the job's refit to wait for the held row")
+            wait_until(waiting, lambda: f"the job's refit to wait for the held row; runs {server.runs(self.jobid)}, "
+                                        f"backends {activity(c)}")
             self.pid = waiting()
             query = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (self.pid,)).fetchone()[0]
             assert f"nudge_refit({self.fit})" in query
@@ -323,6 +325,11 @@ class HeldRefit:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def activity(conn):
+    return conn.execute("""SELECT pid, backend_type, state, wait_event_type, wait_event, left(query, 60)
+                             FROM pg_stat_activity WHERE datname = %s""", (DB,)).fetchall()
 
 
 def backend_gone(conn, pid):

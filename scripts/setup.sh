@@ -7,7 +7,8 @@
 #   - the other PostgreSQL versions tested (README "Supported versions"):
 #       PostgreSQL 16.2 + pgvector 0.6.2: the pgserver==0.1.4 wheel in its own venv at
 #         $NUDGE_PG16_VENV (default /opt/nudge/pg16-venv)
-#       PostgreSQL 15, no pgvector: Debian's postgresql-15 and postgresql-server-dev-15
+#       PostgreSQL 15, no pgvector: Debian's postgresql-15 and postgresql-server-dev-15 (and
+#         postgresql-15-cron for the scheduled-refit test, not required)
 #       PostgreSQL 17 + pgvector 0.8.0: Debian 13's packages in a debootstrap root at
 #         $NUDGE_PG17_ROOT (default /opt/nudge/pg17-root), with the build dependencies, the
 #         host's local CA certificates and its own `cargo pgrx init --pg17` (scripts/pg17.sh;
@@ -31,6 +32,16 @@ if [ -n "$need_apt" ]; then
   echo "==> apt-get install$need_apt"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need_apt >/dev/null
+fi
+
+# pg_cron 1.4.2 for PostgreSQL 15 (tests/python/test_cron.py; 18 builds pg_cron 1.6.7 from
+# ../shared/vendor, scripts/cron.sh). Test-only: without it that test skips with a note.
+if ! dpkg -s postgresql-15-cron >/dev/null 2>&1; then
+  echo "==> apt-get install postgresql-15-cron"
+  if ! { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-15-cron >/dev/null 2>&1 \
+         || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-15-cron >/dev/null; }; }; then
+    echo "warning: postgresql-15-cron not installed; tests/python/test_cron.py skips PostgreSQL 15" >&2
+  fi
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then

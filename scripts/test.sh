@@ -2,7 +2,8 @@
 # Run every test: core unit tests; then, on each PostgreSQL of the version matrix, the pgrx
 # #[pg_test]s (`cargo pgrx test`) and the SQL regression suites (pg_regress, expected output);
 # last the end-to-end checks against numpy / pytrec_eval on SciFact on PostgreSQL 18, with
-# the release build installed, and the Citus tests on a coordinator + 2 workers. (PostgreSQL
+# the release build installed, the Citus tests on a coordinator + 2 workers, and refits as
+# pg_cron jobs (on 18, and on 15 with its debug build). (PostgreSQL
 # 17 runs its SciFact end-to-end test in its own turn, against its own release build.)
 # Sets up what is missing first (scripts/setup.sh), so it works on a fresh machine.
 #
@@ -145,6 +146,26 @@ if [ "$citus_rc" -eq 0 ]; then
 else
   echo "==> Citus: not available, tests/python/test_citus.py will be skipped"
 fi
+
+# pg_cron for tests/python/test_cron.py, which starts its own servers with it preloaded:
+# pg_cron 1.6.7 built once from the vendored tarball into PostgreSQL 18's tree (scripts/cron.sh,
+# cached; it only adds pg_cron's files), and Debian's postgresql-15-cron 1.4.2 for PostgreSQL
+# 15, where `cargo pgrx test pg15` left its debug build. Either missing: those tests skip.
+. scripts/cron.sh
+start=$SECONDS
+cron_rc=0
+cron_build || cron_rc=$?
+[ "$cron_rc" -le 1 ] || { echo "pg_cron build failed" >&2; exit 1; }
+if [ "$cron_rc" -eq 0 ]; then
+  NUDGE_CRON_BINDIR="$(dirname "$(nudge_pg_config)")"
+  export NUDGE_CRON_BINDIR
+else
+  echo "==> pg_cron: not available for PostgreSQL 18, tests/python/test_cron.py will skip it"
+fi
+case " $extra_versions " in
+  *" 15 "*) if NUDGE_CRON_PG15_BINDIR="$(cron_bindir_15)"; then export NUDGE_CRON_PG15_BINDIR; fi ;;
+esac
+timings+=("pg_cron: build (cached) $((SECONDS - start)) s")
 
 echo "==> timings"
 printf '    %s\n' "${timings[@]}"

@@ -56,16 +56,17 @@ def bindir():
 
 class PrivateCluster:
     """A throwaway PostgreSQL cluster of the server's binaries (as root it runs as
-    NUDGE_PG_USER, like scripts/pg.sh), for tests that crash or abuse a server."""
+    NUDGE_PG_USER, like scripts/pg.sh), for tests that crash or abuse a server. `bin_dir` picks
+    another server's bin directory."""
 
-    def __init__(self, prefix="nudge-private-", options="", timeout=120):
+    def __init__(self, prefix="nudge-private-", options="", timeout=120, bin_dir=None):
         import os
         import pathlib
         import shutil
         import socket
         import tempfile
         self.timeout = timeout
-        self.bindir = bindir()
+        self.bindir = pathlib.Path(bin_dir) if bin_dir else bindir()
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
         self.data = self.dir / "data"
         self.runas = []
@@ -88,9 +89,9 @@ class PrivateCluster:
         subprocess.run(self.runas + [str(self.bindir / prog), *args], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout)
 
-    def connect(self):
+    def connect(self, dbname="postgres"):
         import psycopg
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname,
                                autocommit=True, connect_timeout=5)
 
     def log(self):

@@ -212,7 +212,7 @@ fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind,
         )
     } else {
         format!(
-            // (as in write.rs: the UPDATE in a CTE, so that Citus ships `b` once per worker)
+            // (as in write.rs: on Citus one task when routed to a shard)
             "WITH b AS (SELECT u.id, u.w, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v
                           FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)),
                   upd AS (UPDATE {rel_sql} AS t SET {col} = {v} FROM b WHERE {key} AND {same}{shard} RETURNING 1)

@@ -15,7 +15,8 @@ use crate::columns::{self, Column};
 use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
 use crate::read;
 
-/// Where a corpus table's rows live.
+/// Where a corpus table's rows live. (One per fit: the size of its variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Placement {
     /// A plain PostgreSQL table (also on a Citus coordinator): rows addressed by ctid.
     Local,

@@ -15,13 +15,17 @@ use crate::columns::{self, Column};
 use crate::error::{raise, raise_with, PgSqlErrorCode as Code};
 use crate::read;
 
-/// Where a corpus table's rows live.
+/// Where a corpus table's rows live. (One per fit: the size of its variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Placement {
     /// A plain PostgreSQL table (also on a Citus coordinator): rows addressed by ctid.
     Local,
     /// A Citus table: rows addressed by id, and by the distribution column when it is not the
-    /// id. `pushdown`: the corpus pass runs on the workers (see [`placement`]).
-    Citus { dist: Option<Column>, pushdown: bool },
+    /// id. `pushdown`: the corpus pass runs on the workers (see [`placement`]). `shard_key`:
+    /// the distribution column of a hash-distributed table (the id or `dist`): rows are
+    /// written shard by shard, each statement restricted to its shard's values of it, so that
+    /// Citus routes it to that one shard ([`by_shard`]).
+    Citus { dist: Option<Column>, pushdown: bool, shard_key: Option<Column> },
     /// An auto-updatable view of one table (a collection or tenant of a shared table): rows
     /// addressed by id, and written through the view, so PostgreSQL applies its WHERE clause,
     /// `security_barrier`, `WITH CHECK OPTION` and its owner's rights on the table, and rows
@@ -43,13 +47,18 @@ pub fn placement(rel: pg_sys::Oid, id: &Column) -> Placement {
     if unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) } == pg_sys::InvalidOid {
         return Placement::Local; // (pg_dist_partition exists only with Citus)
     }
-    let row = Spi::get_two_with_args::<bool, String>(
-        "SELECT p.partmethod <> 'n', pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+    let row = Spi::get_three_with_args::<String, String, bool>(
+        "SELECT p.partmethod::pg_catalog.text, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey),
+                p.partmethod OPERATOR(pg_catalog.<>) 'n'
            FROM pg_catalog.pg_dist_partition AS p WHERE p.logicalrelid::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
         &[rel.into()],
     );
     match row {
-        Ok((Some(sharded), column)) => Placement::Citus {
+        Ok((Some(method), column, Some(sharded))) => Placement::Citus {
+            shard_key: column
+                .as_ref()
+                .filter(|_| method == "h")
+                .map(|c| columns::relation(rel).column(c, "the distribution column")),
             dist: column
                 .filter(|c| *c != id.name)
                 .map(|c| columns::relation(rel).column(&c, "the distribution column")),
@@ -77,6 +86,30 @@ fn fitted_in_this_transaction(rel: pg_sys::Oid) -> bool {
     .ok()
     .flatten()
     .unwrap_or(true)
+}
+
+/// The rows of hash-distributed table `rel` whose distribution column has the values `values`
+/// (as text), grouped by shard: indexes into `values`, shard by shard in shard id order.
+/// Citus's `get_shard_id_for_distribution_column` hashes each value as the table's
+/// distribution does (it needs SELECT on the table, which every writer of nudge has).
+pub fn by_shard(rel: pg_sys::Oid, values: &[&str]) -> Vec<Vec<usize>> {
+    let mut shard_of: Vec<i64> = Vec::with_capacity(values.len());
+    let values: Vec<&str> = values.to_vec();
+    read::for_each_batch(
+        "SELECT pg_catalog.get_shard_id_for_distribution_column($1::pg_catalog.regclass, u.v)
+           FROM pg_catalog.unnest($2::pg_catalog.text[]) WITH ORDINALITY AS u(v, ord) ORDER BY u.ord",
+        &[rel.into(), values.into()],
+        |b| {
+            for row in 0..b.len() {
+                shard_of.push(b.datum(row, 1).and_then(|d| unsafe { i64::from_datum(d, false) }).unwrap_or_default());
+            }
+        },
+    );
+    let mut groups: std::collections::BTreeMap<i64, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, shard) in shard_of.into_iter().enumerate() {
+        groups.entry(shard).or_default().push(i);
+    }
+    groups.into_values().collect()
 }
 
 /// Run `call` on every worker holding shards of distributed table `table`, once per worker with

@@ -21,7 +21,9 @@
 //! another column. A staged fit's rows are written in later transactions (fit/stage.rs), when
 //! the slot may have been reused: there the row at that ctid must also have the id and the
 //! embedding (digest) the fit read. Citus tables are addressed by key, so there the embedding itself is
-//! compared: `nudge_digest` of its value as `real[]` against the digest of what the fit read.
+//! compared: `nudge_digest` of its value as `real[]` against the digest of what the fit read;
+//! on a hash-distributed table the rows are written shard by shard, each statement routed by
+//! Citus to its one shard.
 //!
 //! Into a target column: every row not written with a nudged/original vector gets a copy
 //! of the source column in one set-based UPDATE; the source column is never touched.
@@ -93,11 +95,47 @@ fn addressing(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: V
                     WITH ORDINALITY AS u(id, digest, ord)",
             matches: format!("{} AND {}", key_match(id, None, "i.id", ""), unchanged(e, col, kind, "i.digest")),
         },
-        Placement::Citus { dist, .. } => Addressing {
+        Placement::Citus { dist, shard_key, .. } => Addressing {
             input: "ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[]))
                     WITH ORDINALITY AS u(id, dist, digest, ord)",
-            matches: format!("{} AND {}", key_match(id, dist.as_ref(), "i.id", "i.dist"), unchanged(e, col, kind, "i.digest")),
+            matches: format!(
+                "{} AND {}{}",
+                key_match(id, dist.as_ref(), "i.id", "i.dist"),
+                unchanged(e, col, kind, "i.digest"),
+                shard_key.as_ref().map_or(String::new(), |k| format!(" AND {}", in_shard(k, "$7")))
+            ),
         },
+    }
+}
+
+/// `t.key = ANY(CAST(<values> AS type[]))`, `values` a `text[]` of one shard's values of the
+/// distribution column `key`: Citus prunes a statement with it to that shard (one task, sent
+/// with its parameters to that shard's worker), where without it every shard gets a task.
+pub(crate) fn in_shard(key: &Column, values: &str) -> String {
+    format!("t.{} {} ANY(CAST({values} AS {}[]))", key.ident, catalog::eq_operator(key.typid), key.type_sql)
+}
+
+/// The distribution column's value of the row at `a` (as text): its own column, or the id.
+fn shard_value(a: &RowAddr) -> &str {
+    match &a.at {
+        At::Key { dist: Some(d) } => d,
+        _ => &a.id,
+    }
+}
+
+/// `rows` in the batches [`write_in_place`] writes one statement each: of at most
+/// [`write_batch`] rows, and on a hash-distributed Citus table all of one shard.
+fn batches<'a>(rel: pg_sys::Oid, placement: &Placement, rows: &'a [RowWrite]) -> Vec<Vec<&'a RowWrite>> {
+    let size = write_batch(placement);
+    match placement {
+        Placement::Citus { shard_key: Some(_), .. } => {
+            let values: Vec<&str> = rows.iter().map(|r| shard_value(&r.addr)).collect();
+            crate::citus::by_shard(rel, &values)
+                .into_iter()
+                .flat_map(|shard| shard.chunks(size).map(|c| c.iter().map(|&i| &rows[i]).collect()).collect::<Vec<_>>())
+                .collect()
+        }
+        _ => rows.chunks(size).map(|c| c.iter().collect()).collect(),
     }
 }
 
@@ -128,7 +166,7 @@ pub(crate) fn key_match(id: &Column, dist: Option<&Column>, id_expr: &str, dist_
 }
 
 /// The batch's addresses as the two array parameters `$2`, `$3` of [`addressing`].
-fn address_args(rows: &[RowWrite]) -> [DatumWithOid<'static>; 2] {
+fn address_args(rows: &[&RowWrite]) -> [DatumWithOid<'static>; 2] {
     match rows.first().map(|r| &r.addr.at) {
         Some(At::Key { .. }) => {
             let ids: Vec<String> = rows.iter().map(|r| r.addr.id.clone()).collect();
@@ -247,7 +285,8 @@ pub fn write_in_place(
     Spi::connect_mut(|client| {
         let (mut written, mut done) = (0i64, 0u64);
         let mut stmt = None;
-        for chunk in rows.chunks(write_batch(placement)) {
+        for chunk in batches(rel, placement, rows) {
+            let chunk = chunk.as_slice();
             let vectors: Vec<f32> = chunk.iter().flat_map(|r| r.vector.iter().copied()).collect();
             let [at1, at2] = address_args(chunk);
             let read: Vec<i64> = chunk.iter().map(|r| r.read).collect();
@@ -256,7 +295,13 @@ pub fn write_in_place(
                 Since::EarlierTransaction => chunk.iter().map(|r| r.addr.id.clone()).collect(),
                 Since::ThisTransaction => Vec::new(),
             };
-            let args: Vec<DatumWithOid> = vec![real_array(&vectors), at1, at2, (dim as i32).into(), read.into(), ids.into()];
+            // (the shard's values of the distribution column, where routed)
+            let shard: Vec<&str> = match placement {
+                Placement::Citus { shard_key: Some(_), .. } => chunk.iter().map(|r| shard_value(&r.addr)).collect(),
+                _ => Vec::new(),
+            };
+            let args: Vec<DatumWithOid> =
+                vec![real_array(&vectors), at1, at2, (dim as i32).into(), read.into(), ids.into(), shard.into()];
             if stmt.is_none() {
                 let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
                 stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
@@ -334,16 +379,18 @@ impl Previous {
 
 /// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
 /// `real[]`), `$2`/`$3` the addresses, `$4` the dimension, `$5` the digests read, `$6` the ids
-/// (those two where [`addressing`] compares values). It returns each written row's id, its
+/// (those two where [`addressing`] compares values), `$7` the shard's values of the
+/// distribution column (on a hash-distributed table). It returns each written row's id, its
 /// previous value (as the backup keeps it) and the digest of the value written.
 fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> String {
     // One statement per batch of rows: the addresses come in as arrays, the vectors as one
     // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
     // TID scan (or, on Citus, the key) finds each row. (Measured against one statement per row:
-    // no difference; the cost of a row is the update and its backup, BENCHMARKS.md.) The
-    // vectors are sliced in the input, not in the UPDATE: Citus ships the input once per worker
-    // as an intermediate result, while a parameter of the UPDATE goes with each of its shard
-    // tasks (SciFact over 32 shards: 1.2 s per batch of 256 rows that way).
+    // no difference; the cost of a row is the update and its backup, BENCHMARKS.md.) On a
+    // hash-distributed Citus table a batch holds rows of one shard and says so (`$7`, see
+    // [`in_shard`]): Citus then sends the whole statement with its parameters to that shard as
+    // one task. A statement Citus cannot prune goes to every shard, each task carrying the
+    // whole batch (Citus inlines `input` with the parameters as constants).
     let Addressing { input, matches } = addressing(e, placement, id, col, kind, since);
     let digest = catalog::func(e, "nudge_digest");
     let set = format!(
@@ -354,9 +401,6 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     );
     // PostgreSQL 18 returns the old and the new row from the UPDATE itself; before it, the
     // old values are read in a second scan of the same rows.
-    // (The UPDATE is a CTE of a SELECT, not the statement itself: Citus then runs `input` once,
-    // as an intermediate result shipped to each worker, and the UPDATE as one task per shard
-    // joined to it; a top-level UPDATE would carry the parameters with every shard task.)
     #[cfg(feature = "pg18")]
     let sql = format!(
         "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input}),
@@ -384,7 +428,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
 }
 
 /// Rows written per statement by [`write_in_place`] (also the progress and interrupt
-/// granularity). On Citus every statement goes to all shards: fewer, larger ones.
+/// granularity). On Citus a statement is a network round trip to a worker: larger ones.
 fn write_batch(placement: &Placement) -> usize {
     match placement {
         Placement::Local | Placement::View => 256,

@@ -9,8 +9,10 @@
 //!
 //! The backups are read as the catalog's owner, for a caller who may UPDATE the table and read
 //! every row of it, and written back by the caller's own UPDATE, batch by batch (4,096 rows,
-//! addressed by id: a revert may come in a later transaction than the fit, and on Citus). On
-//! Citus reference and Citus-managed local tables, which refuse that join, row by row.
+//! addressed by id: a revert may come in a later transaction than the fit, and on Citus). On a
+//! hash-distributed Citus table a batch is split by shard, each statement routed to its shard
+//! (see [`Route`]). On Citus reference and Citus-managed local tables, which refuse that join,
+//! row by row.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -36,8 +38,9 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
     let (id, emb, kind) = columns_of(&f, &rel, fit_id);
     catalog::require_read_vectors(f.corpus, &rel.sql, &format!("backups of fit {fit_id}"));
     let one_by_one = citus_method(f.corpus).is_some_and(|m| m == "n");
-    let sql = restore_sql(&e, &rel.sql, &id, &emb, kind, one_by_one);
-    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one);
+    let route = Route::of(f.corpus, &rel.sql, &id);
+    let sql = restore_sql(&e, &rel.sql, &id, &emb, kind, one_by_one, &route);
+    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one, &route);
     mark_reverted(&e, fit_id);
     if restored < backups {
         notice!(
@@ -127,10 +130,80 @@ fn columns_of(f: &Recorded, rel: &columns::Relation, fit_id: i64) -> (Column, Co
     (id, emb, kind)
 }
 
+/// How a batch of backups is split by shard: on a hash-distributed Citus table each restoring
+/// statement holds rows of one shard and names that shard's values of the distribution column
+/// (write.rs, `in_shard`), so Citus sends it to that shard alone.
+enum Route {
+    /// Not hash-distributed: one statement per batch.
+    Whole,
+    /// Distributed by the id column: the ids are the values.
+    ById { rel: pg_sys::Oid, key: Column },
+    /// Distributed by another column, which the backups do not keep: its values are read by id
+    /// (`sql`: `$1` the ids; each row's id and value as text).
+    ByLookup { rel: pg_sys::Oid, key: Column, sql: String },
+}
+
+impl Route {
+    fn of(rel: pg_sys::Oid, rel_sql: &str, id: &Column) -> Route {
+        match crate::citus::placement(rel, id) {
+            crate::citus::Placement::Citus { shard_key: Some(key), dist: None, .. } => Route::ById { rel, key },
+            crate::citus::Placement::Citus { shard_key: Some(key), dist: Some(_), .. } => Route::ByLookup {
+                rel,
+                sql: format!(
+                    "SELECT t.{id}::pg_catalog.text, t.{k}::pg_catalog.text FROM {rel_sql} AS t
+                      WHERE t.{id} {eq} ANY(CAST($1 AS {ty}[]))",
+                    id = id.ident,
+                    k = key.ident,
+                    eq = catalog::eq_operator(id.typid),
+                    ty = id.type_sql,
+                ),
+                key,
+            },
+            _ => Route::Whole,
+        }
+    }
+
+    fn key(&self) -> Option<&Column> {
+        match self {
+            Route::Whole => None,
+            Route::ById { key, .. } | Route::ByLookup { key, .. } => Some(key),
+        }
+    }
+
+    /// The statements of a batch of backups with ids `ids`: indexes into the batch, and the
+    /// shard's values of the distribution column (none: the whole batch, unrouted).
+    fn split(&self, ids: &[String]) -> Vec<(Vec<usize>, Vec<String>)> {
+        let (rel, rows): (pg_sys::Oid, Vec<(usize, String)>) = match self {
+            Route::Whole => return vec![((0..ids.len()).collect(), Vec::new())],
+            Route::ById { rel, .. } => (*rel, ids.iter().cloned().enumerate().collect()),
+            Route::ByLookup { rel, sql, .. } => {
+                let at: std::collections::HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+                let mut rows = Vec::new();
+                crate::read::for_each_batch(sql, &[ids.to_vec().into()], |b| {
+                    for r in 0..b.len() {
+                        if let (Some(id), Some(v)) = (b.text(r, 1), b.text(r, 2)) {
+                            if let Some(&i) = at.get(id.as_str()) {
+                                rows.push((i, v));
+                            }
+                        }
+                    }
+                });
+                (*rel, rows)
+            }
+        };
+        let values: Vec<&str> = rows.iter().map(|(_, v)| v.as_str()).collect();
+        crate::citus::by_shard(rel, &values)
+            .into_iter()
+            .map(|shard| shard.into_iter().map(|j| (rows[j].0, rows[j].1.clone())).unzip())
+            .collect()
+    }
+}
+
 /// The UPDATE that writes backups back where the row still holds what the fit wrote: one row
 /// per call (`$1` value, `$2` id, `$3` digest written), or a batch (`$1` flat values, `$2` ids,
-/// `$3` digests, `$4` the dimension).
-fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind, one_by_one: bool) -> String {
+/// `$3` digests, `$4` the dimension, and where routed `$5` the shard's values of the
+/// distribution column).
+fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind, one_by_one: bool, route: &Route) -> String {
     let value = |v: &str| format!("CAST({v} AS {})", emb.type_sql);
     if one_by_one {
         format!(
@@ -142,15 +215,16 @@ fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind,
         )
     } else {
         format!(
-            // (as in write.rs: the UPDATE in a CTE, so that Citus ships `b` once per worker)
+            // (as in write.rs: on Citus one task when routed to a shard)
             "WITH b AS (SELECT u.id, u.w, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v
                           FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)),
-                  upd AS (UPDATE {rel_sql} AS t SET {col} = {v} FROM b WHERE {key} AND {same} RETURNING 1)
+                  upd AS (UPDATE {rel_sql} AS t SET {col} = {v} FROM b WHERE {key} AND {same}{shard} RETURNING 1)
              SELECT 1 FROM upd",
             col = emb.ident,
             v = value("b.v"),
             key = crate::write::key_match(id, None, "b.id", ""),
             same = crate::write::unchanged(e, emb, kind, "b.w"),
+            shard = route.key().map_or(String::new(), |k| format!(" AND {}", crate::write::in_shard(k, "$5"))),
         )
     }
 }
@@ -171,7 +245,7 @@ fn mark_reverted(e: &Ext, fit_id: i64) {
 const BATCH: i64 = 4096;
 
 /// Write the backups of `fit_id` back with `sql`, batch by batch; (backups, rows restored).
-fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool) -> (i64, i64) {
+fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool, route: &Route) -> (i64, i64) {
     let (mut backups, mut restored) = (0i64, 0i64);
     let mut after = String::new();
     loop {
@@ -193,12 +267,15 @@ fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool) -> 
                 }
                 Ok::<_, pgrx::spi::Error>(n)
             } else {
-                let values: DatumWithOid = match kind {
-                    VecKind::Double => batch.double.clone().into(),
-                    _ => crate::write::real_array(&batch.real),
-                };
-                let args = [values, batch.ids.clone().into(), batch.written.clone().into(), (batch.dim as i32).into()];
-                Ok(client.update(sql, None, &args)?.len() as i64)
+                let mut n = 0i64;
+                for (rows, shard) in route.split(&batch.ids) {
+                    let mut args = batch.args(&rows, kind);
+                    if route.key().is_some() {
+                        args.push(shard.into());
+                    }
+                    n += client.update(sql, None, &args)?.len() as i64;
+                }
+                Ok(n)
             }
         })
         .or_raise();
@@ -214,6 +291,20 @@ struct Backups {
     double: Vec<f64>,
     written: Vec<i64>,
     dim: usize,
+}
+
+impl Backups {
+    /// The batch statement's `$1`..`$4` for the backups `rows` (indexes).
+    fn args(&self, rows: &[usize], kind: VecKind) -> Vec<DatumWithOid<'static>> {
+        let d = self.dim;
+        let values: DatumWithOid = match kind {
+            VecKind::Double => rows.iter().flat_map(|&i| self.double[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f64>>().into(),
+            _ => crate::write::real_array(&rows.iter().flat_map(|&i| self.real[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f32>>()),
+        };
+        let ids: Vec<String> = rows.iter().map(|&i| self.ids[i].clone()).collect();
+        let written: Vec<i64> = rows.iter().map(|&i| self.written[i]).collect();
+        vec![values, ids.into(), written.into(), (d as i32).into()]
+    }
 }
 
 /// The next backups of `fit_id` after row id `after` (in row id order).

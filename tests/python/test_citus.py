@@ -153,6 +153,77 @@ def test_applied_fit_revert_refit(cluster, table):
     conn.execute("SELECT nudge_revert(%s)", (local["fit_id"],))
 
 
+def shard_updates(conn, table, run):
+    """Run `run()` with citus.log_remote_commands on: the shard of each UPDATE of `table`'s
+    shards the coordinator sent (one entry per task), and what `run` returned."""
+    import re
+    notices = []
+    handler = lambda d: notices.append(d.message_primary)  # noqa: E731
+    level = conn.execute("SHOW client_min_messages").fetchone()[0]
+    conn.add_notice_handler(handler)
+    conn.execute("SET citus.log_remote_commands = on")
+    conn.execute("SET client_min_messages = notice")
+    try:
+        result = run()
+    finally:
+        conn.execute(f"SET client_min_messages = {level}")
+        conn.execute("RESET citus.log_remote_commands")
+        conn.remove_notice_handler(handler)
+    pattern = re.compile(rf"\bUPDATE public\.{table}_(\d+) ")
+    return [int(m) for n in notices if n.startswith("issuing ") for m in pattern.findall(n)], result
+
+
+def shards_of(conn, table, fit_id):
+    """The shards holding the rows fit `fit_id` backed up (the rows it wrote)."""
+    key = "tenant" if table == "docs_by_tenant" else "id"
+    return sorted(r for (r,) in conn.execute(
+        f"SELECT DISTINCT get_shard_id_for_distribution_column('{table}', t.{key}) FROM {table} AS t "
+        "WHERE t.id IN (SELECT row_id FROM nudge.fit_backups WHERE fit_id = %s)", (fit_id,)))
+
+
+@pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
+def test_writes_are_routed_to_one_shard(cluster, table):
+    """The write phase of a fit, of its revert and of a staged fit's nudge_apply sends each
+    statement to one shard: one UPDATE task per shard holding rows to write (SciFact's rows to
+    write fit in one batch per shard; docs_by_tenant's 7 tenants live in at most 7 of the 32
+    shards, where an unrouted statement has a task on every shard), and the vectors are the
+    one-node fit's."""
+    conn = cluster
+    before = table_md5(conn, table)
+    local = fit(conn, "docs_local")
+    nudged_local = vectors(conn, "docs_local")
+    conn.execute("SELECT nudge_revert(%s)", (local["fit_id"],))
+    total = conn.execute(f"SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = '{table}'::regclass").fetchone()[0]
+
+    tasks, got = shard_updates(conn, table, lambda: fit(conn, table))
+    shards = shards_of(conn, table, got["fit_id"])
+    assert sorted(tasks) == shards, (tasks, shards)
+    assert got["records_changed"] == local["records_changed"]
+    assert_same_vectors(vectors(conn, table), nudged_local)
+    if table == "docs_by_tenant":
+        assert len(shards) <= 7 < total
+
+    tasks, restored = shard_updates(conn, table, lambda: conn.execute(
+        "SELECT nudge_revert(%s)", (got["fit_id"],)).fetchone()[0])
+    assert restored == got["records_changed"] and sorted(tasks) == shards, (tasks, shards)
+    assert table_md5(conn, table) == before
+
+    staged = fit(conn, table, staged=True)
+    # each step writes the next 100 staged rows in row id order: one task per shard among them
+    per_step = conn.execute(
+        "SELECT count(*), sum(n) FROM (SELECT count(DISTINCT shard) AS n FROM ("
+        f"  SELECT (row_number() OVER (ORDER BY s.row_id) - 1) / 100 AS step, "
+        f"         get_shard_id_for_distribution_column('{table}', coalesce(s.dist, s.row_id)) AS shard "
+        "    FROM nudge.fit_staged AS s WHERE s.fit_id = %s) AS r GROUP BY step) AS g",
+        (staged["fit_id"],)).fetchone()
+    tasks, _ = shard_updates(conn, table, lambda: conn.execute(
+        f"CALL nudge_apply({staged['fit_id']}, batch_rows => 100)"))
+    assert set(tasks) == set(shards) and len(tasks) == per_step[1] < per_step[0] * total, (len(tasks), per_step)
+    assert_same_vectors(vectors(conn, table), nudged_local)
+    conn.execute("SELECT nudge_revert(%s)", (staged["fit_id"],))
+    assert table_md5(conn, table) == before
+
+
 @pytest.mark.parametrize("table", ["docs_by_id", "docs_by_tenant"])
 def test_target_column(cluster, table):
     conn = cluster
@@ -342,7 +413,7 @@ def test_worker_stopped_during_the_write(cluster):
         with psycopg.connect(host="127.0.0.1", port=port2, user="postgres", dbname=DB, autocommit=True) as w:
             for _ in range(600):   # until the fit's update waits for the locked row on worker2
                 if w.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                              "AND query LIKE 'UPDATE%%'").fetchone()[0]:
+                              "AND query LIKE '%%UPDATE public.docs_by_id%%'").fetchone()[0]:
                     break
                 time.sleep(0.1)
             else:

@@ -40,9 +40,10 @@ use ndarray::{Array2, ArrayView2, Axis};
 use crate::error::{invalid, NudgeError, Result};
 use crate::exec::{install, Hooks};
 use crate::gamma::{
-    widest_best_run, FitConfig, FitOutcome, FitPass, Selection, GRID_POINTS, M_RANGE_CAP,
-    M_RANGE_START,
+    widest_best_run, FitConfig, FitOutcome, FitPass, PassParts, Selection, GRID_POINTS,
+    M_RANGE_CAP, M_RANGE_START,
 };
+use crate::knn::check_query_parts;
 use crate::gradient::{gradients, Qrel};
 use crate::metrics::{Judged, Metric};
 use crate::nudge::{apply, Method, NegativeRule};
@@ -87,6 +88,8 @@ pub struct KFoldPass {
     /// The scan: moving = every labelled record (G from all labelled queries), validation = all
     /// labelled queries in fold-major order.
     pass: FitPass,
+    /// A partitioned pass: per query row, its partition.
+    query_parts: Option<Vec<u32>>,
 }
 
 impl KFoldPass {
@@ -230,7 +233,24 @@ impl KFoldPass {
             folds: fold_rows,
             ranges,
             pass,
+            query_parts: None,
         })
+    }
+
+    /// Makes every fold's search partitioned (see [`FitPass::partitioned`]): `query_parts[r]`
+    /// is query row `r`'s partition; rows are then pushed with
+    /// [`push_batch_in`](Self::push_batch_in). The mean out-of-fold metric still averages over
+    /// every evaluated query of a fold. Call before the first row.
+    pub fn partitioned(mut self, query_parts: Vec<u32>) -> Result<Self> {
+        check_query_parts(&query_parts, self.queries.nrows())?;
+        let order: Vec<u32> = self.folds[..self.ranges.len()]
+            .iter()
+            .flatten()
+            .map(|&r| query_parts[r])
+            .collect();
+        self.pass.set_partitions(&order)?;
+        self.query_parts = Some(query_parts);
+        Ok(self)
     }
 
     /// Query rows per fold, in fold order.
@@ -265,6 +285,18 @@ impl KFoldPass {
         self.pass.push_batch(keys, vectors, hooks)
     }
 
+    /// [`push_batch`](Self::push_batch) with each row's partition, as
+    /// [`FitPass::push_batch_in`].
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        self.pass.push_batch_in(keys, vectors, parts, hooks)
+    }
+
     /// What each shard needs for its part of the scan (see [`crate::partial`]).
     pub fn shard_spec(&self) -> ShardSpec {
         self.pass.shard_spec()
@@ -280,6 +312,7 @@ impl KFoldPass {
     /// (`UnknownRecord` otherwise).
     pub fn finish(self, hooks: &mut Hooks) -> Result<FoldOutcome> {
         hooks.check()?;
+        let parts = self.pass.into_parts()?;
         let KFoldPass {
             config,
             metric,
@@ -288,132 +321,198 @@ impl KFoldPass {
             n_labelled,
             folds,
             ranges,
-            pass,
+            pass: _,
+            query_parts,
         } = self;
-        let parts = pass.into_parts()?;
-        let n_cap = parts.moving.len() as u64;
-        let mut in_fold = vec![usize::MAX; queries.nrows()];
-        for (f, rows) in folds.iter().enumerate() {
-            for &r in rows {
-                in_fold[r] = f;
-            }
-        }
+        let labels = FoldLabels {
+            queries: &queries,
+            qrels: &qrels,
+            n_labelled,
+            folds: &folds,
+            query_parts: query_parts.as_deref(),
+        };
         let mut passes = Vec::with_capacity(ranges.len());
-        for (f, rows) in folds.iter().enumerate().take(ranges.len()) {
+        for (f, &range) in ranges.iter().enumerate() {
             hooks.check()?;
-            let train: Vec<usize> = folds
-                .iter()
-                .enumerate()
-                .filter(|&(g, _)| g != f)
-                .flat_map(|(_, r)| r.iter().copied())
-                .collect();
-            let ms = gradients(queries.view(), &qrels, &train, n_labelled)?;
-            let mut pos = vec![u32::MAX; queries.nrows()];
-            for (i, &r) in rows.iter().enumerate() {
-                pos[r] = i as u32;
-            }
-            let vq = queries.select(Axis(0), rows);
-            let vr: Vec<Qrel> = qrels
-                .iter()
-                .filter(|q| in_fold[q.query as usize] == f)
-                .map(|q| Qrel {
-                    query: pos[q.query as usize],
-                    ..*q
-                })
-                .collect();
-            let mut fp = FitPass::new(ms, vq, vr, config)?;
-            let (r0, r1) = ranges[f];
-            debug_assert_eq!(fp.n_validation_queries(), r1 - r0);
-            fp.push_partial(Partial {
-                k: parts.k,
-                statics: parts.statics[r0..r1].to_vec(),
-                moving: Vec::new(),
-                rows_seen: parts.rows_seen - n_cap,
-            })?;
-            {
-                // the captured records, not the corpus: no "scanning corpus" progress
-                let mut quiet = |_: crate::exec::Progress<'_>| {};
-                let mut inner = Hooks {
-                    pool: hooks.pool,
-                    check_interrupts: &mut *hooks.check_interrupts,
-                    progress: &mut quiet,
-                };
-                fp.push_batch(&parts.moving.keys, parts.original.view(), &mut inner)?;
-            }
-            passes.push(fp);
+            passes.push(labels.fold_pass(f, range, &parts, config, hooks)?);
         }
-        let method = config.method;
-        let kf = passes.len() as f64;
-        let mut hi = match (method, config.negative_rule) {
-            (Method::NudgeN, NegativeRule::Skip) => 2.0,
-            (Method::NudgeN, NegativeRule::Move) => 4.0,
-            (Method::NudgeM, _) => M_RANGE_START,
-        };
-        let (gamma, curve, fold_curves, mid) = loop {
-            let points = if method == Method::NudgeN {
-                (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
-            } else {
-                GRID_POINTS
-            };
-            let grid: Vec<f64> = (0..points)
-                .map(|i| hi * i as f64 / (points - 1) as f64)
-                .collect();
-            let mut fold_curves = Vec::with_capacity(passes.len());
-            for fp in &passes {
-                let prep = install(hooks.pool, || fp.prepare())?;
-                fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?);
-            }
-            let mean = mean_curve(&fold_curves, points, kf);
-            let (s, e) = widest_best_run(&mean);
-            if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
-                hi *= 2.0;
-                continue;
-            }
-            let mid = s + (e - s) / 2;
-            break (
-                grid[mid],
-                grid.into_iter().zip(mean).collect::<Vec<_>>(),
-                fold_curves,
-                mid,
-            );
-        };
+        let search = search_folds(&passes, config, metric, hooks)?;
         drop(passes);
-        let n = parts.moving.len() as u64;
-        hooks.check()?;
-        hooks.report("applying gamma", 0, Some(n));
-        let (vectors, changed) = install(hooks.pool, || {
-            apply(
-                method,
-                gamma,
-                parts.original.view(),
-                parts.moving.g.view(),
-                config.negative_rule,
-            )
-        })?;
-        hooks.report("applying gamma", n, Some(n));
-        let (before, after) = (curve[0].1, curve[mid].1);
+        let fit = final_fit(parts, config, metric, &search, hooks)?;
         Ok(FoldOutcome {
-            gamma,
+            gamma: search.gamma,
             metric,
-            cv_metric_before: before,
-            cv_metric_after: after,
+            cv_metric_before: search.curve[0].1,
+            cv_metric_after: search.curve[search.mid].1,
             fold_evaluated: ranges.iter().map(|r| r.1 - r.0).collect(),
             folds,
-            fold_curves,
-            fit: FitOutcome {
-                gamma,
-                validation_before: Some(before),
-                validation_after: Some(after),
-                metric: Some(metric),
-                keys: parts.moving.keys,
-                original: parts.original,
-                vectors,
-                changed,
-                curve: curve.clone(),
-            },
-            curve,
+            fold_curves: search.fold_curves,
+            fit,
+            curve: search.curve,
         })
     }
+}
+
+/// The labelled queries as the folds deal them.
+struct FoldLabels<'a> {
+    queries: &'a Array2<f32>,
+    qrels: &'a [Qrel],
+    n_labelled: u64,
+    folds: &'a [Vec<usize>],
+    query_parts: Option<&'a [u32]>,
+}
+
+impl FoldLabels<'_> {
+    /// Fold `f`'s pass: `G` from the other folds, fold `f`'s queries as validation, fed with
+    /// the scan's static lists of those queries (`range` of the scan's evaluated queries) and
+    /// the captured labelled records.
+    fn fold_pass(
+        &self,
+        f: usize,
+        range: (usize, usize),
+        parts: &PassParts,
+        config: FitConfig,
+        hooks: &mut Hooks,
+    ) -> Result<FitPass> {
+        let rows = &self.folds[f];
+        let train: Vec<usize> = self
+            .folds
+            .iter()
+            .enumerate()
+            .filter(|&(g, _)| g != f)
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        let ms = gradients(self.queries.view(), self.qrels, &train, self.n_labelled)?;
+        let mut pos = vec![u32::MAX; self.queries.nrows()];
+        for (i, &r) in rows.iter().enumerate() {
+            pos[r] = i as u32;
+        }
+        let vq = self.queries.select(Axis(0), rows);
+        let vr: Vec<Qrel> = self
+            .qrels
+            .iter()
+            .filter(|q| pos[q.query as usize] != u32::MAX)
+            .map(|q| Qrel {
+                query: pos[q.query as usize],
+                ..*q
+            })
+            .collect();
+        let mut fp = FitPass::new(ms, vq, vr, config)?;
+        if let Some(qp) = self.query_parts {
+            let fold_parts: Vec<u32> = rows.iter().map(|&r| qp[r]).collect();
+            fp.set_partitions(&fold_parts)?;
+        }
+        let (r0, r1) = range;
+        debug_assert_eq!(fp.n_validation_queries(), r1 - r0);
+        let n_cap = parts.moving.len() as u64;
+        fp.push_partial(Partial {
+            k: parts.k,
+            statics: parts.statics[r0..r1].to_vec(),
+            moving: Vec::new(),
+            moving_parts: Vec::new(),
+            rows_seen: parts.rows_seen - n_cap,
+        })?;
+        // the captured records, not the corpus: no "scanning corpus" progress
+        let mut quiet = |_: crate::exec::Progress<'_>| {};
+        let mut inner = Hooks {
+            pool: hooks.pool,
+            check_interrupts: &mut *hooks.check_interrupts,
+            progress: &mut quiet,
+        };
+        let row_parts = parts.moving_parts.as_deref();
+        fp.push_batch_in(&parts.moving.keys, parts.original.view(), row_parts, &mut inner)?;
+        Ok(fp)
+    }
+}
+
+/// The grid search over the folds' mean curve.
+struct Search {
+    gamma: f64,
+    /// `(gamma, mean out-of-fold metric)`.
+    curve: Vec<(f64, f64)>,
+    fold_curves: Vec<Vec<f64>>,
+    /// Index of `gamma` in `curve`.
+    mid: usize,
+}
+
+/// The grid and tie rule of [`Selection::Best`] on the mean of the folds' curves.
+fn search_folds(
+    passes: &[FitPass],
+    config: FitConfig,
+    metric: Metric,
+    hooks: &mut Hooks,
+) -> Result<Search> {
+    let method = config.method;
+    let kf = passes.len() as f64;
+    let mut hi = match (method, config.negative_rule) {
+        (Method::NudgeN, NegativeRule::Skip) => 2.0,
+        (Method::NudgeN, NegativeRule::Move) => 4.0,
+        (Method::NudgeM, _) => M_RANGE_START,
+    };
+    loop {
+        let points = if method == Method::NudgeN {
+            (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
+        } else {
+            GRID_POINTS
+        };
+        let grid: Vec<f64> = (0..points)
+            .map(|i| hi * i as f64 / (points - 1) as f64)
+            .collect();
+        let mut fold_curves = Vec::with_capacity(passes.len());
+        for fp in passes {
+            let prep = install(hooks.pool, || fp.prepare())?;
+            fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?);
+        }
+        let mean = mean_curve(&fold_curves, points, kf);
+        let (s, e) = widest_best_run(&mean);
+        if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
+            hi *= 2.0;
+            continue;
+        }
+        let mid = s + (e - s) / 2;
+        return Ok(Search {
+            gamma: grid[mid],
+            curve: grid.into_iter().zip(mean).collect(),
+            fold_curves,
+            mid,
+        });
+    }
+}
+
+/// The update of every labelled record, `G` from all labelled queries, at the chosen gamma.
+fn final_fit(
+    parts: PassParts,
+    config: FitConfig,
+    metric: Metric,
+    search: &Search,
+    hooks: &mut Hooks,
+) -> Result<FitOutcome> {
+    let n = parts.moving.len() as u64;
+    let gamma = search.gamma;
+    hooks.check()?;
+    hooks.report("applying gamma", 0, Some(n));
+    let (vectors, changed) = install(hooks.pool, || {
+        apply(
+            config.method,
+            gamma,
+            parts.original.view(),
+            parts.moving.g.view(),
+            config.negative_rule,
+        )
+    })?;
+    hooks.report("applying gamma", n, Some(n));
+    let (before, after) = (search.curve[0].1, search.curve[search.mid].1);
+    Ok(FitOutcome {
+        gamma,
+        validation_before: Some(before),
+        validation_after: Some(after),
+        metric: Some(metric),
+        keys: parts.moving.keys,
+        original: parts.original,
+        vectors,
+        changed,
+        curve: search.curve.clone(),
+    })
 }
 
 /// The query rows some qrels row names (whatever its grade), ascending.

@@ -192,12 +192,41 @@ const MIN_ROWS: usize = 257;
 const ROUND_FLOPS_PER_THREAD: f64 = 2.5e9;
 const ROUND_MAX_FLOATS: usize = 1 << 24;
 
+/// The partition of a row that no query has: it is never offered to any heap.
+pub const NO_PARTITION: u32 = u32::MAX;
+
 pub(crate) struct Engine {
     q: Array2<f32>,
     k: usize,
     mode: Mode,
     heaps: Vec<Heap>,
+    /// Per query, its partition: a row is offered to a query's heap only if the row's
+    /// partition (given per pushed row) is the query's. None: every row to every query.
+    qpart: Option<Vec<u32>>,
     pub rows_seen: u64,
+}
+
+/// Checks per-query partitions: one per query, none [`NO_PARTITION`].
+pub(crate) fn check_query_parts(parts: &[u32], n_queries: usize) -> Result<()> {
+    if parts.len() != n_queries {
+        return Err(mismatch("numbers of queries and query partitions", n_queries, parts.len()));
+    }
+    if parts.contains(&NO_PARTITION) {
+        return Err(invalid("partitions", "a query's partition cannot be NO_PARTITION"));
+    }
+    Ok(())
+}
+
+/// Checks per-row partitions of a batch against whether the search is partitioned.
+pub(crate) fn check_row_parts(parts: Option<&[u32]>, partitioned: bool, rows: usize) -> Result<()> {
+    match (parts, partitioned) {
+        (Some(p), true) if p.len() != rows => {
+            Err(mismatch("numbers of corpus rows and row partitions", rows, p.len()))
+        }
+        (Some(_), true) | (None, false) => Ok(()),
+        (None, true) => Err(invalid("partitions", "a partitioned search needs every row's partition")),
+        (Some(_), false) => Err(invalid("partitions", "row partitions given to a search without query partitions")),
+    }
 }
 
 /// Per-row sum of squares in f64 (parallel); the index of the first row with NaN/Inf on error.
@@ -232,8 +261,20 @@ impl Engine {
             k,
             mode,
             heaps: (0..m).map(|_| Heap::new(k)).collect(),
+            qpart: None,
             rows_seen: 0,
         }
+    }
+
+    /// Restricts every query to the rows of its partition (`parts` checked by the caller with
+    /// [`check_query_parts`]); call before the first row.
+    pub fn set_query_parts(&mut self, parts: Vec<u32>) {
+        debug_assert_eq!(parts.len(), self.q.nrows());
+        self.qpart = Some(parts);
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.qpart.is_some()
     }
 
     pub fn dim(&self) -> usize {
@@ -259,13 +300,16 @@ impl Engine {
     }
 
     /// Scores a batch whose shapes were checked and whose per-row `|d|^2` is `norms2`.
-    /// Rows with `skip[j]` are ignored.
+    /// Rows with `skip[j]` are ignored; `parts` (checked with [`check_row_parts`]) are the
+    /// rows' partitions of a partitioned search.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         keys: &[u64],
         v: ArrayView2<f32>,
         norms2: &[f64],
         skip: Option<&[bool]>,
+        parts: Option<&[u32]>,
         hooks: &mut Hooks,
         phase: &str,
     ) -> Result<()> {
@@ -308,10 +352,12 @@ impl Engine {
                 scale: &scale[r0..r1],
                 bias: &bias[r0..r1],
                 skip: skip.map(|sk| &sk[r0..r1]),
+                parts: parts.map(|p| &p[r0..r1]),
             };
             let q = self.q.view();
             let heaps = &mut self.heaps;
-            install(pool, || run_round(q, heaps, &ctx, t));
+            let qpart = self.qpart.as_deref();
+            install(pool, || run_round(q, qpart, heaps, &ctx, t));
             self.rows_seen += (r1 - r0) as u64;
             hooks.report(phase, self.rows_seen, None);
             r0 = r1;
@@ -326,9 +372,11 @@ struct Ctx<'a> {
     scale: &'a [f32],
     bias: &'a [f32],
     skip: Option<&'a [bool]>,
+    /// Row partitions (with query partitions: a row reaches only its partition's queries).
+    parts: Option<&'a [u32]>,
 }
 
-fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
+fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
     let m = q.nrows();
     let n = ctx.v.nrows();
     if m >= 16 * t || n <= NB || t == 1 {
@@ -340,7 +388,8 @@ fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
             let qblk = q.slice(s![q0..q0 + hs.len(), ..]);
             let mut thr: Vec<f32> = hs.iter().map(|h| h.threshold()).collect();
             let mut scratch = Vec::new();
-            scan(qblk, ctx, 0, n, hs, &mut thr, None, &mut scratch);
+            let qp = qpart.map(|p| &p[q0..q0 + hs.len()]);
+            scan(qblk, qp, ctx, 0, n, hs, &mut thr, None, &mut scratch);
         });
     } else {
         // Few queries: split the corpus, keep local heaps, merge.
@@ -357,7 +406,7 @@ fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
                 let mut thr = gthr.clone();
                 let mut scratch = Vec::new();
                 if d0 < d1 {
-                    scan(q, ctx, d0, d1, &mut hs, &mut thr, Some(&gthr), &mut scratch);
+                    scan(q, qpart, ctx, d0, d1, &mut hs, &mut thr, Some(&gthr), &mut scratch);
                 }
                 hs
             })
@@ -374,10 +423,12 @@ fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
 
 /// Fused GEMM + selection of the queries `q` (a block) over corpus rows `d0..d1` of `ctx`.
 /// `thr[i]` is the admission threshold of query i (kept in sync with `heaps[i]`, and never
-/// below `floor[i]` when given).
+/// below `floor[i]` when given). With `qp` (the block's query partitions) and row partitions,
+/// a row is offered only to the queries of its partition (tested after the threshold).
 #[allow(clippy::too_many_arguments)]
 fn scan(
     q: ArrayView2<f32>,
+    qp: Option<&[u32]>,
     ctx: &Ctx,
     d0: usize,
     d1: usize,
@@ -423,6 +474,10 @@ fn scan(
                 }
             }
             let (sc, b, key) = (ctx.scale[j], ctx.bias[j], ctx.keys[j]);
+            let own = |i: usize| match (qp, ctx.parts) {
+                (Some(qp), Some(rp)) => qp[i] == rp[j],
+                _ => true,
+            };
             let row = &scratch[jj * w..jj * w + mq];
             let mut i0 = 0;
             while i0 < mq {
@@ -434,7 +489,7 @@ fn scan(
                 if any {
                     for i in i0..i1 {
                         let sv = score(row[i], sc, b);
-                        if sv >= thr[i] && heaps[i].offer(sv, key) {
+                        if sv >= thr[i] && own(i) && heaps[i].offer(sv, key) {
                             let h = heaps[i].threshold();
                             thr[i] = match floor {
                                 Some(f) => h.max(f[i]),
@@ -502,6 +557,18 @@ impl TopK {
         })
     }
 
+    /// Restricts each query to the corpus rows of its partition: `query_parts[i]` is query
+    /// `i`'s (any id but [`NO_PARTITION`]); rows are then pushed with
+    /// [`push_batch_in`](Self::push_batch_in). Call before the first batch.
+    pub fn with_partitions(mut self, query_parts: Vec<u32>) -> Result<Self> {
+        check_query_parts(&query_parts, self.n_queries())?;
+        if self.engine.rows_seen > 0 {
+            return Err(invalid("partitions", "set before the first batch"));
+        }
+        self.engine.set_query_parts(query_parts);
+        Ok(self)
+    }
+
     pub fn k(&self) -> usize {
         self.engine.k
     }
@@ -533,6 +600,20 @@ impl TopK {
         vectors: ArrayView2<f32>,
         hooks: &mut Hooks,
     ) -> Result<()> {
+        self.push_batch_in(keys, vectors, None, hooks)
+    }
+
+    /// [`push_batch`](Self::push_batch) with each row's partition (`parts[j]`; required after
+    /// [`with_partitions`](Self::with_partitions), refused otherwise). A row whose partition
+    /// no query has ([`NO_PARTITION`] or any other id) counts as seen and ranks nowhere.
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        check_row_parts(parts, self.engine.is_partitioned(), keys.len())?;
         if keys.len() != vectors.nrows() {
             return Err(mismatch(
                 "numbers of keys and corpus vectors",
@@ -553,7 +634,7 @@ impl TopK {
                 index: i,
             })?;
         self.engine
-            .push(keys, vectors, &norms2, None, hooks, "k-nn search")
+            .push(keys, vectors, &norms2, None, parts, hooks, "k-nn search")
     }
 
     /// Per query, the best `min(k, rows seen)` `(key, score)`, best first; ties by key descending.

@@ -9,14 +9,14 @@
 //! ([`NudgeError::Malformed`]: 22P03, [`NudgeError::TooLarge`]: 54000).
 //!
 //! Formats (little-endian; unmarked counts and lengths u64; text is a length and UTF-8 bytes;
-//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 1):
+//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 2):
 //!
-//! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 1 len spec[len] nl {id:text key}*nl
+//! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 2 len spec[len] nl {id:text key}*nl
 //!   no {id:text written:i64 original:f32s}*no writing:0|1`, the spec a
 //!   [`ShardSpec`] (`"NDGS"`, see [`crate::partial`]).
-//! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 1 k distance:text dim queries:f32s nl
+//! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 2 k distance:text dim queries:f32s nl
 //!   {id:text key}*nl`.
-//! * Replies: `"NDGR" 1 'O' body` or `"NDGR" 1 'E' sqlstate message:text` (a worker's error:
+//! * Replies: `"NDGR" 2 'O' body` or `"NDGR" 2 'E' sqlstate message:text` (a worker's error:
 //!   [`WorkerError`]). The body of a [`Reply`]: `len partial[len] ns key*ns nr {key id:text
 //!   has_dist:0|1 [dist:text] from_original:0|1}*nr`, the partial a [`Partial`] (`"NDGP"`); of
 //!   a top-k reply: `nq {len (key score:f32)*len}*nq`.
@@ -32,7 +32,7 @@ use std::str::FromStr;
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{at_most, NudgeError, Result};
-use crate::knn::{Distance, TopK};
+use crate::knn::{Distance, TopK, NO_PARTITION};
 use crate::partial::{Partial, ShardSpec};
 
 /// Largest vector dimension of a pass pushed down to the workers: pgvector's maximum for
@@ -48,7 +48,7 @@ pub const MAX_RESULT_ENTRIES: usize = 1 << 26;
 /// Most records named in one message: labelled ids, moving keys, originals, reply rows.
 pub const MAX_RECORDS: usize = 1 << 24;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const REQUEST_MAGIC: &[u8; 4] = b"NDGQ";
 const TOPK_MAGIC: &[u8; 4] = b"NDGK";
 const REPLY_MAGIC: &[u8; 4] = b"NDGR";
@@ -90,6 +90,9 @@ impl Writer {
         self.0.extend_from_slice(&x.to_le_bytes());
     }
     pub fn f32(&mut self, x: f32) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    pub fn u32(&mut self, x: u32) {
         self.0.extend_from_slice(&x.to_le_bytes());
     }
     pub fn bytes(&mut self, b: &[u8]) {
@@ -148,6 +151,10 @@ impl<'a> Reader<'a> {
     pub fn f32(&mut self) -> Result<f32> {
         let b = self.take(4)?;
         Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     /// A u64 that is a size (`usize::MAX` if it does not fit: any limit rejects it).
     pub fn size(&mut self) -> Result<usize> {
@@ -560,6 +567,8 @@ mod tests {
             k: (nq > 0).then_some(3),
             queries: rng.matrix(nq, dim),
             moving_keys: (0..nm as u64).map(|i| 2 * i + 1).collect(),
+            query_parts: None,
+            partition_values: Vec::new(),
         }
     }
 
@@ -664,6 +673,8 @@ mod tests {
             k: None,
             queries: Array2::zeros((0, 1 << 40)),
             moving_keys: vec![1, 2, 3],
+            query_parts: None,
+            partition_values: Vec::new(),
         };
         too_large(ShardPass::new(huge).map(|_| ()));
         let ok = ShardSpec {
@@ -671,6 +682,8 @@ mod tests {
             k: None,
             queries: Array2::zeros((0, MAX_DIM)),
             moving_keys: vec![1, 2, 3],
+            query_parts: None,
+            partition_values: Vec::new(),
         };
         ShardPass::new(ok).unwrap();
         // k, queries x k
@@ -748,7 +761,7 @@ mod tests {
         }
         // a version from elsewhere
         let mut v2 = b.clone();
-        v2[4] = 2;
+        v2[4] = 3;
         malformed(Request::from_bytes(&v2));
         // a spec that does not validate
         let mut r = req.clone();
@@ -900,14 +913,20 @@ pub mod fuzzing {
         while keys.len() < rows.nrows() {
             keys.push(u64::MAX - keys.len() as u64);
         }
-        let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+        // rows of the first partition and of one no query has
+        let parts: Option<Vec<u32>> = spec
+            .query_parts
+            .as_ref()
+            .map(|_| (0..keys.len()).map(|i| [0, NO_PARTITION][i % 2]).collect());
+        let parts = parts.as_deref();
+        let _ = sp.push_batch_in(&keys, rows.view(), parts, &mut Hooks::noop());
         // again: the moving keys are now duplicates (an error), the static keys are new ones
         let n_moving = keys
             .iter()
             .filter(|k| spec.moving_keys.binary_search(k).is_ok())
             .count();
         keys.iter_mut().skip(n_moving).for_each(|k| *k -= 1 << 20);
-        let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+        let _ = sp.push_batch_in(&keys, rows.view(), parts, &mut Hooks::noop());
         let p = sp.finish();
         let bytes = p.to_bytes();
         assert_eq!(Partial::from_bytes(&bytes).as_ref(), Ok(&p));
@@ -931,11 +950,19 @@ pub mod fuzzing {
         let mut matrix = |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| unif());
         let mut out = Vec::new();
         for (nq, dim, nm) in [(0, 1, 0), (1, 3, 2), (4, 5, 3), (2, 16, 0), (0, 7, 5)] {
+            // (two partitions when there are several queries)
+            let parted = nq >= 2;
             let spec = ShardSpec {
                 dim,
                 k: (nq > 0).then_some(1 + nq),
                 queries: matrix(nq, dim),
                 moving_keys: (0..nm as u64).map(|i| 3 * i).collect(),
+                query_parts: parted.then(|| (0..nq as u32).map(|i| i % 2).collect()),
+                partition_values: if parted {
+                    vec!["tenant a".into(), "b".into()]
+                } else {
+                    Vec::new()
+                },
             };
             out.push(spec.to_bytes());
             let req = Request {
@@ -955,7 +982,8 @@ pub mod fuzzing {
             let mut sp = ShardPass::new(spec.clone()).unwrap();
             let rows = matrix(4, dim);
             let keys: Vec<u64> = vec![0, 100, 101, 3];
-            let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+            let parts = parted.then_some([0u32, 1, NO_PARTITION, 1]);
+            let _ = sp.push_batch_in(&keys, rows.view(), parts.as_ref().map(|p| &p[..]), &mut Hooks::noop());
             let partial = sp.finish();
             out.push(partial.to_bytes());
             let reply = Reply {

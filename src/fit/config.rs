@@ -37,6 +37,9 @@ pub struct FitArgs<'a> {
     pub lock: super::inputs::Lock,
     /// Compute and keep the rows to write in `nudge.fit_staged`; `nudge_apply` writes them.
     pub staged: bool,
+    // -- partitioned fits (partition =>)
+    /// Every query ranks only the corpus rows with its value of this column.
+    pub partition: Option<&'a str>,
 }
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given

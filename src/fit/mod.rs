@@ -26,6 +26,7 @@ mod config;
 mod inputs;
 mod labels;
 mod originals;
+pub(crate) mod partition;
 mod pass;
 mod pushdown;
 mod record;
@@ -78,6 +79,7 @@ fn nudge_fit(
     update_from: default!(Option<&str>, "NULL"),
     lock: default!(Option<&str>, "'rows'"),
     staged: default!(Option<bool>, false),
+    partition: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -115,6 +117,7 @@ fn nudge_fit(
         refit_of: None,
         lock: inputs::Lock::parse(required(lock, "lock")),
         staged: required(staged, "staged"),
+        partition,
     };
     TableIterator::once(run(&args))
 }
@@ -172,6 +175,7 @@ fn nudge_refit(
         refit_of: Some(fit_id),
         lock,
         staged,
+        partition: r.partition.as_deref(),
     };
     TableIterator::once(run(&args))
 }
@@ -198,6 +202,7 @@ struct Recorded {
     folds: Option<i32>,
     update_from: Option<String>,
     created_by: String,
+    partition: Option<String>,
 }
 
 impl Recorded {
@@ -207,7 +212,7 @@ impl Recorded {
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
                         gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status,
-                        created_by::pg_catalog.text
+                        created_by::pg_catalog.text, partition
                    FROM nudge.fits WHERE fit_id OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[fit_id.into()],
@@ -238,6 +243,7 @@ impl Recorded {
                 embedding_type: t.get(18)?.unwrap(),
                 status: t.get(19)?.unwrap(),
                 created_by: t.get(20)?.unwrap(),
+                partition: t.get(21)?,
             }))
         })
         .or_raise()
@@ -254,7 +260,10 @@ fn corpus_pass<P: pass::CorpusPass>(
     reporter: &mut Reporter,
 ) -> (P, pass::Addresses) {
     match corpus.placement {
-        Placement::Citus { pushdown: true, .. } => pushdown::pass(ext, corpus, labels, pass, originals, reporter),
+        // (a partitioned pass reads a distributed table through the coordinator)
+        Placement::Citus { pushdown: true, .. } if labels.partitions.is_none() => {
+            pushdown::pass(ext, corpus, labels, pass, originals, reporter)
+        }
         _ => pass::local(corpus, labels, pass, originals, reporter),
     }
 }
@@ -284,14 +293,20 @@ fn run(a: &FitArgs) -> FitRow {
     let (outcome, addresses, n_validation, folds) = match split {
         Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
             let (queries, qrels, validation) = labels::train_then_validation(&labels);
-            let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            let mut pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            if let Some(ids) = labels::partition_ids(&labels, &[&labels.train, &labels.validation]) {
+                pass = pass.partitioned(ids).or_raise();
+            }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
         }
         Split::Tables | Split::Fraction(_) => {
             let moving = labels::moving_set(&labels);
-            let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            let mut pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            if let Some(ids) = labels::partition_ids(&labels, &[&labels.validation]) {
+                pass = pass.partitioned(ids).or_raise();
+            }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (outcome, addresses, labels.validation.vectors.nrows(), None)
@@ -299,7 +314,10 @@ fn run(a: &FitArgs) -> FitRow {
         Split::Folds(k) => {
             let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
             let (train, n) = (&labels.train, labels.n_labelled());
-            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
+            let mut pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
+            if let Some(ids) = labels::partition_ids(&labels, &[train]) {
+                pass = pass.partitioned(ids).or_raise();
+            }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))

@@ -37,10 +37,10 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
-             update_from, rows_skipped, lock, created_by)
+             update_from, rows_skipped, lock, created_by, partition)
          VALUES ($26, $1::pg_catalog.regclass, $2, $3, $4, $5, $6::pg_catalog.regclass, $7::pg_catalog.regclass,
              $8::pg_catalog.regclass, $9::pg_catalog.regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name)",
+             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name, $34)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -86,6 +86,7 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
             d.written.skipped.into(),
             (!a.dry_run).then_some(a.lock.name()).into(),
             created_by.into(),
+            a.partition.into(),
         ],
     ))
     .or_raise();

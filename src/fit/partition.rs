@@ -1,0 +1,90 @@
+//! `partition => 'column'`: every query ranks only the corpus rows whose value of that column
+//! is the query's own (as an application that filters every search by it does). The corpus
+//! and the queries tables both carry the column; values are compared as text. Partitions are
+//! numbered by their queries' values; a row of a value no query has ranks for none. A label
+//! whose doc is in another partition than its query is an error.
+
+use std::collections::HashMap;
+
+use nudge_core::knn::NO_PARTITION;
+use pgrx::prelude::pg_sys;
+
+use super::labels::{Labels, QuerySet};
+use crate::columns::{self, Column};
+use crate::error::{raise_with, PgSqlErrorCode as Code};
+
+/// The partitions of a fit or an evaluation.
+pub struct Partitions {
+    /// The corpus column.
+    pub column: Column,
+    /// Partition values by id (the values the queries have, in first-seen order).
+    pub values: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Partitions {
+    /// The corpus's `name` column and the values of `sets`' queries.
+    pub fn new(corpus: pg_sys::Oid, name: &str, sets: &[&[String]]) -> Partitions {
+        let column = columns::relation(corpus).column(name, "the partition column");
+        let mut p = Partitions { column, values: Vec::new(), index: HashMap::new() };
+        for v in sets.iter().flat_map(|s| s.iter()) {
+            if !p.index.contains_key(v) {
+                p.index.insert(v.clone(), p.values.len() as u32);
+                p.values.push(v.clone());
+            }
+        }
+        p
+    }
+
+    /// The ids of partition values (each one a query's).
+    pub fn ids(&self, values: &[String]) -> Vec<u32> {
+        values.iter().map(|v| self.index[v]).collect()
+    }
+
+    /// A corpus row's id: [`NO_PARTITION`] for NULL or a value no query has.
+    pub fn id_of(&self, value: Option<&str>) -> u32 {
+        value.and_then(|v| self.index.get(v).copied()).unwrap_or(NO_PARTITION)
+    }
+
+    /// What a corpus scan selects after its other columns: the value as text.
+    pub fn scan_column(&self) -> String {
+        format!(", t.{}::pg_catalog.text", self.column.ident)
+    }
+}
+
+/// Checks every label of `labels` (training and validation) after the pass: its doc's
+/// partition (`doc_parts[key]`, the value its row had) must be its query's (23514 otherwise,
+/// naming query, doc and both values).
+pub fn check_labels(p: &Partitions, labels: &Labels, doc_parts: &[Option<String>], corpus_sql: &str) {
+    for set in [&labels.train, &labels.validation] {
+        check_set(p, labels, set, doc_parts, corpus_sql);
+    }
+}
+
+fn check_set(p: &Partitions, labels: &Labels, set: &QuerySet, doc_parts: &[Option<String>], corpus_sql: &str) {
+    for q in &set.qrels {
+        let query_part = &set.parts[q.query as usize];
+        let doc_part = doc_parts.get(q.record as usize).and_then(|d| d.as_deref());
+        if doc_part == Some(query_part.as_str()) {
+            continue;
+        }
+        let doc = labels.keys.iter().find(|(_, &k)| k == q.record).map(|(d, _)| d.as_str()).unwrap_or("?");
+        let doc_in = match doc_part {
+            Some(v) => format!("{v:?}"),
+            None => "NULL".into(),
+        };
+        raise_with(
+            Code::ERRCODE_CHECK_VIOLATION,
+            format!(
+                "a label crosses partitions: query {:?} has {col} {query_part:?}, but doc {doc:?} has {col} {doc_in} in {corpus_sql}",
+                set.ids[q.query as usize],
+                col = p.column.name
+            ),
+            None,
+            Some(format!(
+                "With partition => '{}' every query ranks only the rows of its own partition; a label must point to a doc of the same partition.",
+                p.column.name
+            )),
+        );
+    }
+}

@@ -46,6 +46,7 @@ use crate::la::abt_into;
 use crate::metrics::{better_first, Judged, Metric};
 use crate::nudge::{apply, check_gamma, nudge_n_angle, row_geom, Geom, Method, NegativeRule};
 use crate::partial::{Partial, ShardSpec};
+use crate::per_partition::{apply_by_partition, choose as choose_per_partition, mean_after, PartitionGamma};
 
 /// How `gamma` is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,6 +100,9 @@ pub struct FitOutcome {
     /// `(gamma, validation metric)` pairs evaluated, for diagnostics (for NUDGE-M `Parity`:
     /// the top-1 accuracy of the interval sweep just right of each end point).
     pub curve: Vec<(f64, f64)>,
+    /// With one gamma per partition: each evaluated partition's (else empty); `gamma` is then
+    /// the joint one, used by the other partitions.
+    pub partition_gammas: Vec<PartitionGamma>,
 }
 
 /// Work for one validation query: (query index, `q . d^` row, `q . dir` row).
@@ -137,6 +141,8 @@ pub struct FitPass {
     /// A partitioned pass (see [`FitPass::partitioned`]): per evaluated query its partition,
     /// and per moving record the partition its row had in the pass.
     parts: Option<Partitions>,
+    /// One gamma per partition with at least this many evaluated queries.
+    per_partition: Option<usize>,
     rows_seen: u64,
     prepared: OnceLock<std::result::Result<Arc<Prepared>, NudgeError>>,
 }
@@ -196,6 +202,7 @@ impl FitPass {
             engine,
             n_val: nv,
             parts: None,
+            per_partition: None,
             rows_seen: 0,
             prepared: OnceLock::new(),
         })
@@ -226,6 +233,25 @@ impl FitPass {
             moving: vec![NO_PARTITION; self.moving.keys.len()],
         });
         Ok(())
+    }
+
+    /// One gamma per partition (see [`crate::per_partition`]): a partition with at least
+    /// `min_queries` evaluated queries gets the best gamma of its own curve, the others the
+    /// joint one. Needs a [`partitioned`](Self::partitioned) pass and [`Selection::Best`].
+    pub fn gamma_per_partition(mut self, min_queries: usize) -> Result<Self> {
+        if self.parts.is_none() {
+            return Err(invalid("gamma_per_partition", "needs a partitioned pass"));
+        }
+        if !matches!(self.config.selection, Selection::Best(_)) {
+            return Err(invalid("gamma_per_partition", "needs Selection::Best (a gamma search)"));
+        }
+        self.per_partition = Some(min_queries.max(1));
+        Ok(self)
+    }
+
+    /// Per evaluated query, its partition (a partitioned pass).
+    pub(crate) fn query_partitions(&self) -> Option<&[u32]> {
+        self.parts.as_ref().map(|p| p.query.as_slice())
     }
 
     /// Whether the pass is partitioned.
@@ -894,96 +920,152 @@ impl FitPass {
         Ok(self.eval_grid(&prep, &[gamma], metric, &mut Hooks::noop())?[0])
     }
 
-    /// Chooses gamma (see the module doc) and applies the method at it.
+    /// Chooses gamma (see the module doc) and applies the method at it (with
+    /// [`gamma_per_partition`](Self::gamma_per_partition): each record at its partition's).
     pub fn finish(self, hooks: &mut Hooks) -> Result<FitOutcome> {
         hooks.check()?;
         let prep = install(hooks.pool, || self.prepare())?;
-        let method = self.config.method;
         let has_val = !self.judged.is_empty();
-        let (gamma, before, after, curve) = match (self.config.selection, self.metric) {
-            (Selection::Fixed(g), Some(m)) if has_val => {
-                let v = self.eval_grid(&prep, &[0.0, g], m, hooks)?;
-                (g, Some(v[0]), Some(v[1]), vec![(0.0, v[0]), (g, v[1])])
+        let choice = self.choose(&prep, hooks)?;
+        let n = self.moving.keys.len() as u64;
+        hooks.check()?;
+        hooks.report("applying gamma", 0, Some(n));
+        let (method, rule) = (self.config.method, self.config.negative_rule);
+        let (d, g) = (self.original.view(), self.moving.g.view());
+        let (vectors, changed) = install(hooks.pool, || match (&self.parts, choice.by_partition.is_empty()) {
+            (Some(p), false) => {
+                apply_by_partition(method, d, g, rule, &p.moving, &choice.by_partition, choice.gamma)
             }
-            (Selection::Fixed(g), _) => (g, None, None, Vec::new()),
-            (Selection::Parity, _) if method == Method::NudgeN => {
+            _ => apply(method, choice.gamma, d, g, rule),
+        })?;
+        hooks.report("applying gamma", n, Some(n));
+        let metric = if has_val { self.metric } else { None };
+        Ok(FitOutcome {
+            gamma: choice.gamma,
+            validation_before: choice.before,
+            validation_after: choice.after,
+            metric,
+            keys: self.moving.keys,
+            original: self.original,
+            vectors,
+            changed,
+            curve: choice.curve,
+            partition_gammas: choice.by_partition,
+        })
+    }
+
+    /// Gamma by the configured selection, the validation values and the curve.
+    fn choose(&self, prep: &Prepared, hooks: &mut Hooks) -> Result<Choice> {
+        let has_val = !self.judged.is_empty();
+        let plain = |gamma, before, after, curve| Choice { gamma, before, after, curve, by_partition: Vec::new() };
+        Ok(match (self.config.selection, self.metric) {
+            (Selection::Fixed(g), Some(m)) if has_val => {
+                let v = self.eval_grid(prep, &[0.0, g], m, hooks)?;
+                plain(g, Some(v[0]), Some(v[1]), vec![(0.0, v[0]), (g, v[1])])
+            }
+            (Selection::Fixed(g), _) => plain(g, None, None, Vec::new()),
+            (Selection::Parity, _) if self.config.method == Method::NudgeN => {
                 let grid: Vec<f64> = (0..25).map(|i| 0.02 * i as f64).collect();
-                let v = self.eval_grid(&prep, &grid, Metric::Top1, hooks)?;
+                let v = self.eval_grid(prep, &grid, Metric::Top1, hooks)?;
                 let mut best = 0;
                 for (i, &x) in v.iter().enumerate() {
                     if x > v[best] {
                         best = i;
                     }
                 }
-                (
-                    grid[best],
-                    Some(v[0]),
-                    Some(v[best]),
-                    grid.into_iter().zip(v).collect(),
-                )
+                plain(grid[best], Some(v[0]), Some(v[best]), grid.into_iter().zip(v).collect())
             }
             (Selection::Parity, _) => {
-                let (g, curve) = self.parity_m(&prep, hooks)?;
-                let v = self.eval_grid(&prep, &[0.0, g], Metric::Top1, hooks)?;
-                (g, Some(v[0]), Some(v[1]), curve)
+                let (g, curve) = self.parity_m(prep, hooks)?;
+                let v = self.eval_grid(prep, &[0.0, g], Metric::Top1, hooks)?;
+                plain(g, Some(v[0]), Some(v[1]), curve)
             }
-            (Selection::Best(m), _) => {
-                let mut hi = match (method, self.config.negative_rule) {
-                    (Method::NudgeN, NegativeRule::Skip) => 2.0,
-                    (Method::NudgeN, NegativeRule::Move) => 4.0,
-                    (Method::NudgeM, _) => M_RANGE_START,
-                };
-                loop {
-                    let points = if method == Method::NudgeN {
-                        (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
-                    } else {
-                        GRID_POINTS
-                    };
-                    let grid: Vec<f64> = (0..points)
-                        .map(|i| hi * i as f64 / (points - 1) as f64)
-                        .collect();
-                    let v = self.eval_grid(&prep, &grid, m, hooks)?;
-                    let (s, e) = widest_best_run(&v);
-                    if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
-                        hi *= 2.0;
-                        continue;
-                    }
-                    let mid = s + (e - s) / 2;
-                    break (
-                        grid[mid],
-                        Some(v[0]),
-                        Some(v[mid]),
-                        grid.into_iter().zip(v).collect(),
-                    );
-                }
-            }
-        };
-        let n = self.moving.keys.len() as u64;
-        hooks.check()?;
-        hooks.report("applying gamma", 0, Some(n));
-        let (vectors, changed) = install(hooks.pool, || {
-            apply(
-                method,
-                gamma,
-                self.original.view(),
-                self.moving.g.view(),
-                self.config.negative_rule,
-            )
-        })?;
-        hooks.report("applying gamma", n, Some(n));
-        let metric = if has_val { self.metric } else { None };
-        Ok(FitOutcome {
-            gamma,
-            validation_before: before,
-            validation_after: after,
-            metric,
-            keys: self.moving.keys,
-            original: self.original,
-            vectors,
-            changed,
-            curve,
+            (Selection::Best(m), _) => self.search_best(prep, m, hooks)?,
         })
     }
+
+    /// [`Selection::Best`]: the grid (NUDGE-M's doubled while the best region touches its upper
+    /// end), the middle of the widest run of maximal values; per partition too when asked.
+    fn search_best(&self, prep: &Prepared, m: Metric, hooks: &mut Hooks) -> Result<Choice> {
+        let (method, rule) = (self.config.method, self.config.negative_rule);
+        let mut hi = first_range(method, rule);
+        let groups = self.per_partition.and(self.parts.as_ref()).map(|p| dense_groups(&p.query));
+        loop {
+            let grid = best_grid(method, hi);
+            let (v, sums) = match &groups {
+                Some((group, ids)) => {
+                    let sums = self.eval_sums(prep, &grid, m, Some((group, ids.len())), hooks)?;
+                    let n = self.judged.len() as f64;
+                    let joint = (0..grid.len()).map(|i| sums.iter().map(|s| s[i]).sum::<f64>() / n).collect();
+                    (joint, sums)
+                }
+                None => (self.eval_grid(prep, &grid, m, hooks)?, Vec::new()),
+            };
+            let (s, e) = widest_best_run(&v);
+            if method == Method::NudgeM && e == grid.len() - 1 && hi < M_RANGE_CAP {
+                hi *= 2.0;
+                continue;
+            }
+            let mid = s + (e - s) / 2;
+            let (before, mut after) = (Some(v[0]), Some(v[mid]));
+            let by_partition = match (&groups, self.per_partition) {
+                (Some((group, ids)), Some(min)) => {
+                    let mut counts = vec![0usize; ids.len()];
+                    group.iter().for_each(|&g| counts[g] += 1);
+                    let mut chosen = choose_per_partition(&grid, &sums, &counts, mid, min);
+                    chosen.iter_mut().for_each(|c| c.partition = ids[c.partition as usize]);
+                    after = Some(mean_after(&chosen));
+                    chosen
+                }
+                _ => Vec::new(),
+            };
+            return Ok(Choice {
+                gamma: grid[mid],
+                before,
+                after,
+                curve: grid.into_iter().zip(v).collect(),
+                by_partition,
+            });
+        }
+    }
+}
+
+/// What [`FitPass::choose`] found.
+struct Choice {
+    /// The joint gamma.
+    gamma: f64,
+    before: Option<f64>,
+    after: Option<f64>,
+    curve: Vec<(f64, f64)>,
+    by_partition: Vec<PartitionGamma>,
+}
+
+/// The first upper end of the [`Selection::Best`] range.
+pub(crate) fn first_range(method: Method, rule: NegativeRule) -> f64 {
+    match (method, rule) {
+        (Method::NudgeN, NegativeRule::Skip) => 2.0,
+        (Method::NudgeN, NegativeRule::Move) => 4.0,
+        (Method::NudgeM, _) => M_RANGE_START,
+    }
+}
+
+/// The [`Selection::Best`] grid over `[0, hi]`.
+pub(crate) fn best_grid(method: Method, hi: f64) -> Vec<f64> {
+    let points = if method == Method::NudgeN {
+        (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
+    } else {
+        GRID_POINTS
+    };
+    (0..points).map(|i| hi * i as f64 / (points - 1) as f64).collect()
+}
+
+/// Partition ids renumbered densely: each one's group index, and the ids by group.
+pub(crate) fn dense_groups(parts: &[u32]) -> (Vec<usize>, Vec<u32>) {
+    let mut ids = parts.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let group = parts.iter().map(|p| ids.binary_search(p).expect("listed")).collect();
+    (group, ids)
 }
 
 /// What a finished corpus pass holds (see [`FitPass::into_parts`]).

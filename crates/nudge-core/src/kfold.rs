@@ -40,13 +40,14 @@ use ndarray::{Array2, ArrayView2, Axis};
 use crate::error::{invalid, NudgeError, Result};
 use crate::exec::{install, Hooks};
 use crate::gamma::{
-    widest_best_run, FitConfig, FitOutcome, FitPass, PassParts, Selection, GRID_POINTS,
-    M_RANGE_CAP, M_RANGE_START,
+    best_grid, dense_groups, first_range, widest_best_run, FitConfig, FitOutcome, FitPass,
+    PassParts, Selection, M_RANGE_CAP,
 };
+use crate::per_partition::{apply_by_partition, choose as choose_per_partition, mean_after, PartitionGamma};
 use crate::knn::check_query_parts;
 use crate::gradient::{gradients, Qrel};
 use crate::metrics::{Judged, Metric};
-use crate::nudge::{apply, Method, NegativeRule};
+use crate::nudge::{apply, Method};
 use crate::partial::{Partial, ShardSpec};
 use crate::split::folds;
 
@@ -90,6 +91,8 @@ pub struct KFoldPass {
     pass: FitPass,
     /// A partitioned pass: per query row, its partition.
     query_parts: Option<Vec<u32>>,
+    /// One gamma per partition with at least this many evaluated queries (over all folds).
+    per_partition: Option<usize>,
 }
 
 impl KFoldPass {
@@ -234,7 +237,20 @@ impl KFoldPass {
             ranges,
             pass,
             query_parts: None,
+            per_partition: None,
         })
+    }
+
+    /// One gamma per partition (see [`crate::per_partition`]): each partition's curve is the
+    /// mean over its evaluated queries of their out-of-fold metric; a partition with at least
+    /// `min_queries` of them gets the best gamma of its curve, the others the joint one. Needs
+    /// a [`partitioned`](Self::partitioned) pass.
+    pub fn gamma_per_partition(mut self, min_queries: usize) -> Result<Self> {
+        if self.query_parts.is_none() {
+            return Err(invalid("gamma_per_partition", "needs a partitioned pass"));
+        }
+        self.per_partition = Some(min_queries.max(1));
+        Ok(self)
     }
 
     /// Makes every fold's search partitioned (see [`FitPass::partitioned`]): `query_parts[r]`
@@ -323,6 +339,7 @@ impl KFoldPass {
             ranges,
             pass: _,
             query_parts,
+            per_partition,
         } = self;
         let labels = FoldLabels {
             queries: &queries,
@@ -336,14 +353,14 @@ impl KFoldPass {
             hooks.check()?;
             passes.push(labels.fold_pass(f, range, &parts, config, hooks)?);
         }
-        let search = search_folds(&passes, config, metric, hooks)?;
+        let search = search_folds(&passes, config, metric, per_partition, hooks)?;
         drop(passes);
         let fit = final_fit(parts, config, metric, &search, hooks)?;
         Ok(FoldOutcome {
             gamma: search.gamma,
             metric,
             cv_metric_before: search.curve[0].1,
-            cv_metric_after: search.curve[search.mid].1,
+                    cv_metric_after: search.after,
             fold_evaluated: ranges.iter().map(|r| r.1 - r.0).collect(),
             folds,
             fold_curves: search.fold_curves,
@@ -431,37 +448,41 @@ struct Search {
     /// `(gamma, mean out-of-fold metric)`.
     curve: Vec<(f64, f64)>,
     fold_curves: Vec<Vec<f64>>,
-    /// Index of `gamma` in `curve`.
-    mid: usize,
+    /// The validation after: the mean curve at `gamma`, or with one gamma per partition the
+    /// mean over all evaluated queries at their partition's gamma.
+    after: f64,
+    by_partition: Vec<PartitionGamma>,
 }
 
-/// The grid and tie rule of [`Selection::Best`] on the mean of the folds' curves.
+/// The grid and tie rule of [`Selection::Best`] on the mean of the folds' curves (and, with
+/// one gamma per partition, on each partition's curve).
 fn search_folds(
     passes: &[FitPass],
     config: FitConfig,
     metric: Metric,
+    per_partition: Option<usize>,
     hooks: &mut Hooks,
 ) -> Result<Search> {
     let method = config.method;
     let kf = passes.len() as f64;
-    let mut hi = match (method, config.negative_rule) {
-        (Method::NudgeN, NegativeRule::Skip) => 2.0,
-        (Method::NudgeN, NegativeRule::Move) => 4.0,
-        (Method::NudgeM, _) => M_RANGE_START,
-    };
+    let mut hi = first_range(method, config.negative_rule);
     loop {
-        let points = if method == Method::NudgeN {
-            (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
-        } else {
-            GRID_POINTS
-        };
-        let grid: Vec<f64> = (0..points)
-            .map(|i| hi * i as f64 / (points - 1) as f64)
-            .collect();
+        let grid = best_grid(method, hi);
+        let points = grid.len();
         let mut fold_curves = Vec::with_capacity(passes.len());
+        let mut by_part = PartSums::default();
         for fp in passes {
             let prep = install(hooks.pool, || fp.prepare())?;
-            fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?);
+            match fp.query_partitions().filter(|_| per_partition.is_some()) {
+                Some(qp) => {
+                    let (group, ids) = dense_groups(qp);
+                    let sums = fp.eval_sums(&prep, &grid, metric, Some((&group, ids.len())), hooks)?;
+                    let n = fp.n_validation_queries().max(1) as f64;
+                    fold_curves.push((0..points).map(|i| sums.iter().map(|s| s[i]).sum::<f64>() / n).collect());
+                    by_part.add(&group, &ids, sums);
+                }
+                None => fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?),
+            }
         }
         let mean = mean_curve(&fold_curves, points, kf);
         let (s, e) = widest_best_run(&mean);
@@ -470,12 +491,44 @@ fn search_folds(
             continue;
         }
         let mid = s + (e - s) / 2;
+        let (after, by_partition) = match per_partition {
+            Some(min) => {
+                let chosen = by_part.choose(&grid, mid, min);
+                (mean_after(&chosen), chosen)
+            }
+            None => (mean[mid], Vec::new()),
+        };
         return Ok(Search {
             gamma: grid[mid],
             curve: grid.into_iter().zip(mean).collect(),
             fold_curves,
-            mid,
+            after,
+            by_partition,
         });
+    }
+}
+
+/// Per partition id, its evaluated queries and summed metric curve over all folds.
+#[derive(Default)]
+struct PartSums(std::collections::BTreeMap<u32, (usize, Vec<f64>)>);
+
+impl PartSums {
+    fn add(&mut self, group: &[usize], ids: &[u32], sums: Vec<Vec<f64>>) {
+        for (g, s) in sums.into_iter().enumerate() {
+            let n = group.iter().filter(|&&x| x == g).count();
+            let e = self.0.entry(ids[g]).or_insert_with(|| (0, vec![0.0; s.len()]));
+            e.0 += n;
+            e.1.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn choose(&self, grid: &[f64], joint: usize, min: usize) -> Vec<PartitionGamma> {
+        let ids: Vec<u32> = self.0.keys().copied().collect();
+        let counts: Vec<usize> = self.0.values().map(|v| v.0).collect();
+        let sums: Vec<Vec<f64>> = self.0.values().map(|v| v.1.clone()).collect();
+        let mut chosen = choose_per_partition(grid, &sums, &counts, joint, min);
+        chosen.iter_mut().for_each(|c| c.partition = ids[c.partition as usize]);
+        chosen
     }
 }
 
@@ -491,17 +544,15 @@ fn final_fit(
     let gamma = search.gamma;
     hooks.check()?;
     hooks.report("applying gamma", 0, Some(n));
-    let (vectors, changed) = install(hooks.pool, || {
-        apply(
-            config.method,
-            gamma,
-            parts.original.view(),
-            parts.moving.g.view(),
-            config.negative_rule,
-        )
+    let (d, g) = (parts.original.view(), parts.moving.g.view());
+    let (vectors, changed) = install(hooks.pool, || match (&parts.moving_parts, search.by_partition.is_empty()) {
+        (Some(mp), false) => {
+            apply_by_partition(config.method, d, g, config.negative_rule, mp, &search.by_partition, gamma)
+        }
+        _ => apply(config.method, gamma, d, g, config.negative_rule),
     })?;
     hooks.report("applying gamma", n, Some(n));
-    let (before, after) = (search.curve[0].1, search.curve[search.mid].1);
+    let (before, after) = (search.curve[0].1, search.after);
     Ok(FitOutcome {
         gamma,
         validation_before: Some(before),
@@ -512,6 +563,7 @@ fn final_fit(
         vectors,
         changed,
         curve: search.curve.clone(),
+        partition_gammas: search.by_partition.clone(),
     })
 }
 

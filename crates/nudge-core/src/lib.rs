@@ -29,6 +29,7 @@ mod la;
 pub mod metrics;
 pub mod nudge;
 pub mod partial;
+pub mod per_partition;
 pub mod split;
 pub mod wire;
 #[cfg(test)]

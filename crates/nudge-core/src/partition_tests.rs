@@ -467,3 +467,128 @@ fn partition_inputs_are_checked() {
     good.partition_values = vec!["a".into(), "b".into()];
     assert_eq!(ShardSpec::from_bytes(&good.to_bytes()).unwrap(), good);
 }
+
+#[test]
+fn gamma_per_partition_equals_each_partition_searched_alone() {
+    let d = make_data(17, &sizes(), 30, 10);
+    let cfg = FitConfig::new(Method::NudgeN, Selection::Best(Metric::Ndcg(10)));
+    let joint = d.union_pass(cfg).finish(&mut Hooks::noop()).unwrap();
+    let counts: Vec<usize> = (0..P).map(|p| d.n_val_of(p)).collect();
+    let min = *counts.iter().max().unwrap();
+    let out = d.union_pass(cfg).gamma_per_partition(min).unwrap().finish(&mut Hooks::noop()).unwrap();
+    assert_eq!(out.gamma, joint.gamma);
+    assert!(close_curves(&out.curve, &joint.curve));
+    assert_eq!(out.partition_gammas.len(), P as usize);
+    let mut weighted_after = 0.0;
+    for pg in &out.partition_gammas {
+        let p = pg.partition;
+        assert_eq!(pg.queries, counts[p as usize]);
+        assert_eq!(pg.own, counts[p as usize] >= min);
+        let alone = d.separate_pass(p, cfg).unwrap().finish(&mut Hooks::noop()).unwrap();
+        let want = if pg.own { alone.gamma } else { joint.gamma };
+        assert_eq!(pg.gamma, want, "partition {p}");
+        // its records: the vectors of the partition fitted alone at that gamma
+        let fixed = d.separate_pass(p, FitConfig::new(Method::NudgeN, Selection::Fixed(want))).unwrap();
+        let sep = fixed.finish(&mut Hooks::noop()).unwrap();
+        for (i, key) in sep.keys.iter().enumerate() {
+            let m = out.keys.binary_search(key).unwrap();
+            assert_eq!(out.vectors.row(m), sep.vectors.row(i));
+        }
+        assert!((pg.after - sep.validation_after.unwrap()).abs() < 1e-12);
+        weighted_after += pg.after * pg.queries as f64;
+    }
+    assert!(out.partition_gammas.iter().any(|c| c.own));
+    let n: usize = counts.iter().sum();
+    assert!((out.validation_after.unwrap() - weighted_after / n as f64).abs() < 1e-12);
+    assert!(out.validation_after.unwrap() >= joint.validation_after.unwrap() - 1e-12);
+    assert!((out.validation_after.unwrap() - brute_per_partition(&d, &out)).abs() < 1e-9);
+    // too few queries everywhere: the joint fit
+    let all_joint = d.union_pass(cfg).gamma_per_partition(n + 1).unwrap().finish(&mut Hooks::noop()).unwrap();
+    assert!(all_joint.partition_gammas.iter().all(|c| !c.own && c.gamma == joint.gamma));
+    assert_eq!(all_joint.vectors, joint.vectors);
+    // only for a partitioned search of gamma
+    let ms = gradients(d.queries.view(), &d.qrels, &d.train, d.n_lab).unwrap();
+    let (_, vq, vr) = d.validation(&|_| true);
+    assert!(FitPass::new(ms.clone(), vq.clone(), vr.clone(), cfg).unwrap().gamma_per_partition(1).is_err());
+    let fixed = FitConfig::new(Method::NudgeN, Selection::Fixed(0.1));
+    let nv = vq.nrows();
+    assert!(FitPass::new(ms, vq, vr, fixed).unwrap().partitioned(vec![0; nv]).unwrap().gamma_per_partition(1).is_err());
+}
+
+fn close_curves(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() < 1e-12)
+}
+
+/// The brute-force mean over validation queries with the outcome's vectors (each partition's
+/// records at its own gamma already): the same as `brute_mean`.
+fn brute_per_partition(d: &Data, out: &FitOutcome) -> f64 {
+    brute_mean(d, out, Metric::Ndcg(10))
+}
+
+#[test]
+fn kfold_gamma_per_partition() {
+    let d = make_data(23, &sizes(), 24, 8);
+    let cfg = FitConfig::new(Method::NudgeN, Selection::Best(Metric::Ndcg(10)));
+    let run = |min: Option<usize>| {
+        let mut kp = KFoldPass::new(d.queries.clone(), d.qrels.clone(), d.n_lab, 3, 1, cfg)
+            .unwrap()
+            .partitioned(d.query_part.clone())
+            .unwrap();
+        if let Some(m) = min {
+            kp = kp.gamma_per_partition(m).unwrap();
+        }
+        kp.push_batch_in(&d.keys, d.corpus.view(), Some(&d.row_part), &mut Hooks::noop()).unwrap();
+        kp.finish(&mut Hooks::noop()).unwrap()
+    };
+    let joint = run(None);
+    let out = run(Some(1));
+    assert_eq!(out.gamma, joint.gamma);
+    for (a, b) in out.fold_curves.iter().zip(&joint.fold_curves) {
+        assert!(a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12));
+    }
+    let all: Vec<usize> = (0..d.queries.nrows()).collect();
+    // each partition's curve: its queries' out-of-fold metric, from separate passes per fold
+    let mut total_after = 0.0;
+    for pg in &out.fit.partition_gammas {
+        let p = pg.partition;
+        let (mut sum, mut n) = (Vec::<f64>::new(), 0usize);
+        for fold in &out.folds {
+            let only_p: Vec<usize> = fold.iter().copied().filter(|&r| d.query_part[r] == p).collect();
+            if only_p.is_empty() {
+                continue;
+            }
+            let evaluated = only_p.len();
+            let c = separate_fold_curve(&d, &only_p, &all, cfg, 1);
+            // (separate_fold_curve weights by the evaluated count of the partition's pass)
+            sum.resize(c.len(), 0.0);
+            sum.iter_mut().zip(&c).for_each(|(s, v)| *s += v);
+            n += evaluated;
+        }
+        let curve: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
+        let (a, b) = widest_best_run(&curve);
+        assert!(pg.own);
+        assert_eq!(pg.gamma, out.curve[a + (b - a) / 2].0, "partition {p}");
+        assert!((pg.after - curve[a + (b - a) / 2]).abs() < 1e-12);
+        total_after += pg.after * pg.queries as f64;
+        // the final update of its records: all its labelled queries, at its gamma
+        let rows: Vec<usize> = all.iter().copied().filter(|&r| d.query_part[r] == p).collect();
+        let ms = gradients(d.queries.view(), &d.qrels, &rows, d.n_lab).unwrap();
+        let (vectors, _) = crate::nudge::apply(
+            Method::NudgeN,
+            pg.gamma,
+            {
+                let idx: Vec<usize> = ms.keys.iter().map(|k| out.fit.keys.binary_search(k).unwrap()).collect();
+                out.fit.original.select(Axis(0), &idx)
+            }
+            .view(),
+            ms.g.view(),
+            crate::nudge::NegativeRule::Skip,
+        )
+        .unwrap();
+        for (i, key) in ms.keys.iter().enumerate() {
+            assert_eq!(out.fit.vectors.row(out.fit.keys.binary_search(key).unwrap()), vectors.row(i));
+        }
+    }
+    let n: usize = out.fit.partition_gammas.iter().map(|c| c.queries).sum();
+    assert!((out.cv_metric_after - total_after / n as f64).abs() < 1e-12);
+}

@@ -49,7 +49,8 @@ CREATE TABLE nudge.fits (
     refit_of            bigint,
     folds               int,
     update_from         text        CHECK (update_from OPERATOR(pg_catalog.=) ANY ('{train,all}'::pg_catalog.text[])),
-    partition           text        -- partition => (every query ranked only its partition's rows)
+    partition           text,       -- partition => (every query ranked only its partition's rows)
+    partition_gammas    jsonb       -- gamma_per_partition => true: each partition's gamma
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
@@ -57,6 +58,7 @@ COMMENT ON COLUMN nudge.fits.folds IS 'Fold count when gamma was chosen by k-fol
 COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing written), staged (computed, its rows written by CALL nudge_apply in short transactions; rows_written and rows_skipped count the batches committed so far) or reverted';
 COMMENT ON COLUMN nudge.fits.update_from IS 'Whose labels moved the records: train (the held-out queries only chose gamma) or all';
 COMMENT ON COLUMN nudge.fits.partition IS 'partition => of the fit: every query ranked only the corpus rows with its value of this column (NULL: unpartitioned)';
+COMMENT ON COLUMN nudge.fits.partition_gammas IS 'gamma_per_partition => true: {"value": {"gamma": g, "queries": n, "own": true|false}} per partition with evaluated queries (own false: too few of them, the joint gamma); NULL otherwise';
 
 CREATE TABLE nudge.fit_backups (
     fit_id          bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,

@@ -113,10 +113,11 @@ END
 $proc$;
 COMMENT ON PROCEDURE @extschema@.nudge_apply(pg_catalog.int8, pg_catalog.int4, pg_catalog.int8, pg_catalog.int8) IS 'Write a staged nudge_fit in batches of batch_rows rows, each committed on its own; returns the rows written and skipped';
 
--- == partition => (nudge_fit, nudge_evaluate): every query ranks only its partition's rows
--- (BEGIN partition; the signatures below are pgrx's, see cargo pgrx schema)
-ALTER TABLE nudge.fits ADD COLUMN partition text;
+-- == partition => (nudge_fit, nudge_evaluate): every query ranks only its partition's rows;
+-- gamma_per_partition => (nudge_fit). (BEGIN partition; the CREATE FUNCTIONs are pgrx's)
+ALTER TABLE nudge.fits ADD COLUMN partition text, ADD COLUMN partition_gammas jsonb;
 COMMENT ON COLUMN nudge.fits.partition IS 'partition => of the fit: every query ranked only the corpus rows with its value of this column (NULL: unpartitioned)';
+COMMENT ON COLUMN nudge.fits.partition_gammas IS 'gamma_per_partition => true: {"value": {"gamma": g, "queries": n, "own": true|false}} per partition with evaluated queries (own false: too few of them, the joint gamma); NULL otherwise';
 DROP FUNCTION @extschema@.nudge_fit(pg_catalog.regclass, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.float8, pg_catalog.int4, pg_catalog.text, pg_catalog.float8, pg_catalog.text, pg_catalog.bool, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.bool);
 CREATE FUNCTION @extschema@."nudge_fit"(
 	"corpus" regclass,
@@ -139,7 +140,8 @@ CREATE FUNCTION @extschema@."nudge_fit"(
 	"update_from" TEXT DEFAULT NULL,
 	"lock" TEXT DEFAULT 'rows',
 	"staged" bool DEFAULT false,
-	"partition" TEXT DEFAULT NULL
+	"partition" TEXT DEFAULT NULL,
+	"gamma_per_partition" bool DEFAULT false
 ) RETURNS TABLE (
 	"fit_id" bigint, 
 	"method" TEXT, 

@@ -80,6 +80,7 @@ fn nudge_fit(
     lock: default!(Option<&str>, "'rows'"),
     staged: default!(Option<bool>, false),
     partition: default!(Option<&str>, "NULL"),
+    gamma_per_partition: default!(Option<bool>, false),
 ) -> TableIterator<
     'static,
     (
@@ -118,6 +119,7 @@ fn nudge_fit(
         lock: inputs::Lock::parse(required(lock, "lock")),
         staged: required(staged, "staged"),
         partition,
+        gamma_per_partition: required(gamma_per_partition, "gamma_per_partition"),
     };
     TableIterator::once(run(&args))
 }
@@ -176,6 +178,7 @@ fn nudge_refit(
         lock,
         staged,
         partition: r.partition.as_deref(),
+        gamma_per_partition: r.gamma_per_partition,
     };
     TableIterator::once(run(&args))
 }
@@ -203,6 +206,7 @@ struct Recorded {
     update_from: Option<String>,
     created_by: String,
     partition: Option<String>,
+    gamma_per_partition: bool,
 }
 
 impl Recorded {
@@ -212,7 +216,7 @@ impl Recorded {
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
                         gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status,
-                        created_by::pg_catalog.text, partition
+                        created_by::pg_catalog.text, partition, partition_gammas IS NOT NULL
                    FROM nudge.fits WHERE fit_id OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[fit_id.into()],
@@ -244,6 +248,7 @@ impl Recorded {
                 status: t.get(19)?.unwrap(),
                 created_by: t.get(20)?.unwrap(),
                 partition: t.get(21)?,
+                gamma_per_partition: t.get(22)?.unwrap_or(false),
             }))
         })
         .or_raise()
@@ -274,6 +279,7 @@ fn run(a: &FitArgs) -> FitRow {
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
     let update_from = config::parse_update_from(a, &config);
+    partition::check_args(a, &config);
     if a.staged {
         stage::check_args(a.dry_run, a.target, a.lock);
     }
@@ -297,6 +303,9 @@ fn run(a: &FitArgs) -> FitRow {
             if let Some(ids) = labels::partition_ids(&labels, &[&labels.train, &labels.validation]) {
                 pass = pass.partitioned(ids).or_raise();
             }
+            if a.gamma_per_partition {
+                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
+            }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
@@ -306,6 +315,9 @@ fn run(a: &FitArgs) -> FitRow {
             let mut pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
             if let Some(ids) = labels::partition_ids(&labels, &[&labels.validation]) {
                 pass = pass.partitioned(ids).or_raise();
+            }
+            if a.gamma_per_partition {
+                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
             }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
@@ -318,11 +330,15 @@ fn run(a: &FitArgs) -> FitRow {
             if let Some(ids) = labels::partition_ids(&labels, &[train]) {
                 pass = pass.partitioned(ids).or_raise();
             }
+            if a.gamma_per_partition {
+                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
+            }
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
         }
     };
+    let partition_gammas = partition::report_gammas(&labels, &outcome);
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
 
     let fit_id = crate::catalog::next_fit_id(&ext);
@@ -349,6 +365,7 @@ fn run(a: &FitArgs) -> FitRow {
             records_changed,
             written: &written,
             seconds,
+            partition_gammas: partition_gammas.as_deref(),
         },
     );
     let method = config::method_name(config.method).to_string();

@@ -9,9 +9,57 @@ use std::collections::HashMap;
 use nudge_core::knn::NO_PARTITION;
 use pgrx::prelude::pg_sys;
 
+use nudge_core::gamma::{FitConfig, FitOutcome, Selection};
+
+use super::config::{invalid, FitArgs};
 use super::labels::{Labels, QuerySet};
 use crate::columns::{self, Column};
 use crate::error::{raise_with, PgSqlErrorCode as Code};
+
+/// Fewest evaluated queries (summed over folds) for a partition's own gamma with
+/// `gamma_per_partition => true`; fewer: the joint gamma.
+pub const MIN_PARTITION_QUERIES: usize = 10;
+
+/// `gamma_per_partition` needs `partition` and a search of gamma (22023).
+pub fn check_args(a: &FitArgs, config: &FitConfig) {
+    if !a.gamma_per_partition {
+        return;
+    }
+    if a.partition.is_none() {
+        invalid("gamma_per_partition needs partition".into(), "Name the partition column: partition => 'tenant_id'.");
+    }
+    if !matches!(config.selection, Selection::Best(_)) {
+        invalid(
+            "gamma_per_partition needs gamma_search => 'best' and no fixed gamma".into(),
+            "Each partition's gamma is the best of its own curve on the joint search's grid.",
+        );
+    }
+}
+
+/// Reports how the partitions' gammas were chosen (a NOTICE), and returns them as recorded in
+/// `nudge.fits.partition_gammas`: `{"value": {"gamma": g, "queries": n, "own": bool}, ...}`.
+pub fn report_gammas(labels: &Labels, outcome: &FitOutcome) -> Option<String> {
+    let p = labels.partitions.as_ref()?;
+    if outcome.partition_gammas.is_empty() {
+        return None;
+    }
+    let own = outcome.partition_gammas.iter().filter(|c| c.own).count();
+    let joint = outcome.partition_gammas.len() - own;
+    pgrx::notice!(
+        "nudge_fit: gamma per partition: {own} of {} partitions chose their own gamma; {joint} with fewer than {MIN_PARTITION_QUERIES} evaluated queries use the joint gamma {:.4}",
+        outcome.partition_gammas.len(),
+        outcome.gamma
+    );
+    let map: serde_json::Map<String, serde_json::Value> = outcome
+        .partition_gammas
+        .iter()
+        .map(|c| {
+            let v = serde_json::json!({"gamma": c.gamma, "queries": c.queries, "own": c.own});
+            (p.values[c.partition as usize].clone(), v)
+        })
+        .collect();
+    Some(serde_json::Value::Object(map).to_string())
+}
 
 /// The partitions of a fit or an evaluation.
 pub struct Partitions {

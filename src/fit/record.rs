@@ -24,6 +24,8 @@ pub struct Done<'a> {
     pub records_changed: i64,
     pub written: &'a super::apply::Written,
     pub seconds: f64,
+    /// With `gamma_per_partition`: each partition's gamma (JSON).
+    pub partition_gammas: Option<&'a str>,
 }
 
 /// The fit's row, written as the extension's owner (user roles cannot write the catalog);
@@ -37,10 +39,10 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
              validation_queries, validation_qrels, validation_fraction, seed, method, metric, gamma_search,
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
-             update_from, rows_skipped, lock, created_by, partition)
+             update_from, rows_skipped, lock, created_by, partition, partition_gammas)
          VALUES ($26, $1::pg_catalog.regclass, $2, $3, $4, $5, $6::pg_catalog.regclass, $7::pg_catalog.regclass,
              $8::pg_catalog.regclass, $9::pg_catalog.regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name, $34)",
+             $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name, $34, $35::pg_catalog.jsonb)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -87,6 +89,7 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
             (!a.dry_run).then_some(a.lock.name()).into(),
             created_by.into(),
             a.partition.into(),
+            d.partition_gammas.into(),
         ],
     ))
     .or_raise();

@@ -42,7 +42,7 @@ def tenants(scifact_db, ref):
     conn.execute("CREATE TABLE part_docs AS SELECT id, embedding FROM scifact_docs")
     conn.execute("ALTER TABLE part_docs ADD PRIMARY KEY (id)")
     conn.execute("ALTER TABLE part_docs ADD COLUMN tenant text")
-    for col in ("p_fixed", "s_fixed", "p_best"):
+    for col in ("p_fixed", "s_fixed", "p_best", "p_own", "s_own"):
         conn.execute(f"ALTER TABLE part_docs ADD COLUMN {col} vector({DIM})")
     with conn.cursor() as cur:
         cur.executemany("UPDATE part_docs SET tenant = %s WHERE id = %s",
@@ -54,7 +54,7 @@ def tenants(scifact_db, ref):
             cur.executemany(f"UPDATE part_{name}_queries SET tenant = %s WHERE id = %s",
                             [(f"t{query_t[q]}", q) for q in (ref.train if name == "train" else ref.val)])
     for t in range(TENANTS):
-        conn.execute(f"CREATE VIEW part_docs_t{t} AS SELECT id, embedding, s_fixed FROM part_docs "
+        conn.execute(f"CREATE VIEW part_docs_t{t} AS SELECT id, embedding, s_fixed, s_own FROM part_docs "
                      f"WHERE tenant = 't{t}'")
         for name in ("train", "val"):
             conn.execute(f"CREATE VIEW part_{name}_queries_t{t} AS SELECT id, embedding FROM part_{name}_queries "
@@ -132,3 +132,28 @@ def test_reported_validation_is_the_partition_filtered_mean(tenants, ref):
     assert flat < before
     row = conn.execute("SELECT partition FROM nudge.fits ORDER BY fit_id DESC LIMIT 1").fetchone()
     assert row == ("tenant",)
+
+
+def test_gamma_per_partition_equals_each_tenant_searched_alone(tenants, ref):
+    """gamma_per_partition => true: every tenant (36-37 validation queries each) takes the gamma
+    a fit of that tenant alone chooses, and its rows get that fit's vectors (1e-6); the
+    reported validation after is numpy's tenant-filtered NDCG@10 on the stored vectors."""
+    conn, doc_t, query_t = tenants
+    ds = ref.ds
+    joint, changed, before, after = _fit(conn, "part_docs", "part_train_queries", "scifact_train_qrels",
+                                         "part_val_queries", "scifact_val_qrels", target="p_own",
+                                         partition="tenant", gamma_per_partition=True)
+    recorded = conn.execute("SELECT partition_gammas FROM nudge.fits ORDER BY fit_id DESC LIMIT 1").fetchone()[0]
+    assert len(recorded) == TENANTS
+    for t in range(TENANTS):
+        alone = _fit(conn, f"part_docs_t{t}", f"part_train_queries_t{t}", f"part_train_qrels_t{t}",
+                     f"part_val_queries_t{t}", f"part_val_qrels_t{t}", target="s_own")
+        mine = recorded[f"t{t}"]
+        assert mine["own"] and mine["queries"] == sum(1 for q in ref.val if query_t[q] == t
+                                                      and any(s > 0 for s in ds.qrels.get(q, {}).values()))
+        assert mine["gamma"] == alone[0], (t, mine, alone)
+    p = read_vectors(conn, "p_own", ds.doc_ids, "part_docs").astype(np.float64)
+    s = read_vectors(conn, "s_own", ds.doc_ids, "part_docs").astype(np.float64)
+    assert np.abs(p - s).max() <= 1e-6
+    want = _partitioned_ndcg(ds, read_vectors(conn, "p_own", ds.doc_ids, "part_docs"), doc_t, query_t, ref.val)
+    assert abs(after - want["ndcg"]) < 1e-9, (after, want)

@@ -108,6 +108,27 @@ SELECT records_changed FROM nudge_refit(:applied, dry_run => true);
 SELECT partition, status FROM nudge.fits WHERE refit_of = :applied;
 SELECT nudge_revert(:applied) > 0 AS reverted;
 
+-- one gamma per tenant: with k folds every tenant has 30 labelled queries, so each takes the
+-- best gamma of its own out-of-fold curve (the joint gamma stays the result's); the validation
+-- after is the mean over all queries at their tenant's gamma, at least the joint fit's
+SELECT round(gamma::numeric, 6) AS joint_gamma, records_changed, round(validation_before::numeric, 9) AS before,
+       round(validation_after::numeric, 9) AS after
+  FROM nudge_fit('docs', 'embedding', 'q', 'qrels', dry_run => true, partition => 'tenant', gamma_per_partition => true);
+SELECT p.key AS tenant, round((p.value->>'gamma')::numeric, 6) AS gamma, p.value->'queries' AS queries, p.value->'own' AS own
+  FROM nudge.fits f, jsonb_each(f.partition_gammas) p
+ WHERE f.fit_id = (SELECT max(fit_id) FROM nudge.fits WHERE partition_gammas IS NOT NULL) ORDER BY 1;
+-- on the held-out split every tenant has fewer than 10 validation queries: the joint fit
+SELECT round(gamma::numeric, 6) = :'held_gamma' AS joint_gamma, round(validation_after::numeric, 9) = :'held_after' AS joint_after
+  FROM nudge_fit('docs', 'embedding', 'tq', 'tqrels', validation_queries => 'vq', validation_qrels => 'vqrels',
+                 dry_run => true, partition => 'tenant', gamma_per_partition => true);
+-- written and refitted: each tenant's rows moved at its gamma; the refit repeats it
+SELECT fit_id AS per_tenant FROM nudge_fit('docs', 'embedding', 'q', 'qrels', target => 'nudged', partition => 'tenant',
+                                           gamma_per_partition => true) \gset
+SELECT fit_id AS refit FROM nudge_refit(:per_tenant, dry_run => true) \gset
+SELECT f.partition_gammas = r.partition_gammas AS same_gammas, r.partition
+  FROM nudge.fits f, nudge.fits r WHERE f.fit_id = :per_tenant AND r.fit_id = :refit;
+SELECT count(*) AS rows, count(*) FILTER (WHERE nudged IS DISTINCT FROM embedding) AS moved FROM docs;
+
 -- bad input: a specific SQLSTATE, nothing written
 CREATE FUNCTION fails(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -131,6 +152,9 @@ SELECT fails($$SELECT * FROM nudge_fit('docs', 'embedding', 'tq', 'tqrels', vali
 UPDATE docs SET tenant = NULL WHERE id = 22;
 SELECT fails($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.2, partition => 'tenant')$$);
 UPDATE docs SET tenant = 'tenant 1' WHERE id = 22;
+-- gamma_per_partition without partition, or with a fixed gamma
+SELECT fails($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', dry_run => true, gamma_per_partition => true)$$);
+SELECT fails($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.2, partition => 'tenant', gamma_per_partition => true)$$);
 -- a query without a tenant
 UPDATE q SET tenant = NULL WHERE id = 4;
 SELECT fails($$SELECT * FROM nudge_fit('docs', 'embedding', 'q', 'qrels', gamma => 0.2, partition => 'tenant')$$);

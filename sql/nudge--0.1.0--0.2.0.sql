@@ -114,7 +114,8 @@ $proc$;
 COMMENT ON PROCEDURE @extschema@.nudge_apply(pg_catalog.int8, pg_catalog.int4, pg_catalog.int8, pg_catalog.int8) IS 'Write a staged nudge_fit in batches of batch_rows rows, each committed on its own; returns the rows written and skipped';
 
 -- == partition => (nudge_fit, nudge_evaluate): every query ranks only its partition's rows;
--- gamma_per_partition => (nudge_fit). (BEGIN partition; the CREATE FUNCTIONs are pgrx's)
+-- gamma_per_partition => (nudge_fit). (BEGIN partition; the CREATE FUNCTIONs are pgrx's; their
+-- C symbols are the 0.2.0 signatures' own: 0.1.0's symbols answer the old catalog)
 ALTER TABLE nudge.fits ADD COLUMN partition text, ADD COLUMN partition_gammas jsonb;
 COMMENT ON COLUMN nudge.fits.partition IS 'partition => of the fit: every query ranked only the corpus rows with its value of this column (NULL: unpartitioned)';
 COMMENT ON COLUMN nudge.fits.partition_gammas IS 'gamma_per_partition => true: {"value": {"gamma": g, "queries": n, "own": true|false}} per partition with evaluated queries (own false: too few of them, the joint gamma); NULL otherwise';
@@ -152,10 +153,10 @@ CREATE FUNCTION @extschema@."nudge_fit"(
 	"seconds" double precision, 
 	"rows_skipped" bigint 
 )
-VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'nudge_fit_wrapper';
+AS 'MODULE_PATHNAME', 'nudge_fit_0_2_wrapper';
 DROP FUNCTION @extschema@.nudge_evaluate(pg_catalog.regclass, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.int4, pg_catalog.text, pg_catalog.text);
 CREATE FUNCTION @extschema@."nudge_evaluate"(
 	"corpus" regclass,
@@ -173,8 +174,8 @@ CREATE FUNCTION @extschema@."nudge_evaluate"(
 	"capped_recall" double precision, 
 	"mrr" double precision 
 )
-STABLE PARALLEL UNSAFE
+STABLE PARALLEL UNSAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'nudge_evaluate_wrapper';
+AS 'MODULE_PATHNAME', 'nudge_evaluate_0_2_wrapper';
 -- (END partition)

@@ -36,10 +36,12 @@ type EvalRow = (
 
 /// Score exact k-NN retrieval of `queries` over `corpus` against the labels in `qrels`; with
 /// `partition`, every query ranks only the rows with its value of that column.
+/// (The SQL function `nudge_evaluate`; its C symbol is this signature's own, so that a catalog
+/// of an earlier version reaches [`nudge_evaluate`] below.)
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(stable, parallel_unsafe)]
+#[pg_extern(name = "nudge_evaluate", stable, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nudge_evaluate(
+fn nudge_evaluate_0_2(
     corpus: Option<RegClass>,
     embedding: Option<&str>,
     queries: Option<RegClass>,
@@ -63,6 +65,23 @@ fn nudge_evaluate(
         return TableIterator::new(Vec::new());
     };
     TableIterator::once(evaluate(c.0, e, q.0, r.0, k, id, d, partition))
+}
+
+/// The entry point of 0.1.0's `nudge_evaluate` (STRICT, 7 arguments): evaluates as it did
+/// until `ALTER EXTENSION nudge UPDATE` (it reads no catalog).
+#[pg_extern(sql = false)]
+#[search_path(pg_catalog, pg_temp)]
+fn nudge_evaluate(corpus: RegClass, embedding: &str, queries: RegClass, qrels: RegClass, k: i32, id_column: &str, distance: &str) -> TableIterator<
+    'static,
+    (
+        name!(queries, i64),
+        name!(ndcg, f64),
+        name!(recall, f64),
+        name!(capped_recall, f64),
+        name!(mrr, f64),
+    ),
+> {
+    TableIterator::once(evaluate(corpus.0, embedding, queries.0, qrels.0, k, id_column, distance, None))
 }
 
 #[allow(clippy::too_many_arguments)]

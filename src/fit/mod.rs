@@ -54,11 +54,13 @@ type FitRow = (
     name!(rows_skipped, i64),
 );
 
-/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
+/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`. (The SQL function
+/// `nudge_fit`; its C symbol is this signature's own, so that a catalog of an earlier version
+/// reaches [`nudge_fit`] below.)
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(name = "nudge_fit", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nudge_fit(
+fn nudge_fit_0_2(
     corpus: Option<RegClass>,
     embedding: Option<&str>,
     queries: Option<RegClass>,
@@ -124,6 +126,48 @@ fn nudge_fit(
     TableIterator::once(run(&args))
 }
 
+/// The entry point of 0.1.0's `nudge_fit` (its 20 arguments): until `ALTER EXTENSION nudge
+/// UPDATE` a call answers 55000 saying so (nothing is read or written).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn nudge_fit(
+    _corpus: Option<RegClass>,
+    _embedding: Option<&str>,
+    _queries: Option<RegClass>,
+    _qrels: Option<RegClass>,
+    _id_column: Option<&str>,
+    _method: Option<&str>,
+    _validation_queries: Option<RegClass>,
+    _validation_qrels: Option<RegClass>,
+    _validation_fraction: Option<f64>,
+    _seed: Option<i32>,
+    _metric: Option<&str>,
+    _gamma: Option<f64>,
+    _target: Option<&str>,
+    _dry_run: Option<bool>,
+    _gamma_search: Option<&str>,
+    _negative_rule: Option<&str>,
+    _folds: Option<i32>,
+    _update_from: Option<&str>,
+    _lock: Option<&str>,
+    _staged: Option<bool>,
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+        name!(rows_skipped, i64),
+    ),
+> {
+    crate::catalog::current();
+    raise(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "nudge_fit: this catalog's nudge_fit has another signature than the library's")
+}
+
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
 /// from the original vectors (as every fit does) and is recorded as a new fit. `lock` is the
 /// call's own (not the recorded fit's), and so is `staged`.
@@ -148,6 +192,7 @@ fn nudge_refit(
     ),
 > {
     let lock = inputs::Lock::parse(lock);
+    crate::catalog::current();
     let Some(r) = Recorded::read(fit_id) else {
         raise(Code::ERRCODE_UNDEFINED_OBJECT, format!("fit {fit_id} does not exist"));
     };

@@ -35,7 +35,7 @@ def load(conn, rows, parts, per_part, dim, seed=0):
             for k in range(nq):
                 t = k % parts
                 d = int(rng.integers(rows // parts)) * parts + t   # a row of tenant t
-                v = docs[d] + 0.8 * rng.standard_normal(dim, dtype=np.float32)
+                v = docs[d] + 4.0 * rng.standard_normal(dim, dtype=np.float32)
                 cp.write_row((k, t, vec_text(v)))
                 qrels_rows.append((k, d))
         with cur.copy("COPY qrels (query_id, doc_id, score) FROM STDIN") as cp:

@@ -310,10 +310,7 @@ fn corpus_pass<P: pass::CorpusPass>(
     reporter: &mut Reporter,
 ) -> (P, pass::Addresses) {
     match corpus.placement {
-        // (a partitioned pass reads a distributed table through the coordinator)
-        Placement::Citus { pushdown: true, .. } if labels.partitions.is_none() => {
-            pushdown::pass(ext, corpus, labels, pass, originals, reporter)
-        }
+        Placement::Citus { pushdown: true, .. } => pushdown::pass(ext, corpus, labels, pass, originals, reporter),
         _ => pass::local(corpus, labels, pass, originals, reporter),
     }
 }

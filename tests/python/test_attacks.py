@@ -301,7 +301,7 @@ def spec(dim, k=0, nq=0, nm=0, rest=b""):
 
 
 def pass_request(spec_bytes, tail=None):
-    return b"NDGQ\x02" + u64(len(spec_bytes)) + spec_bytes + (tail if tail is not None else u64(0) * 3)
+    return b"NDGQ\x02" + u64(len(spec_bytes)) + spec_bytes + (tail if tail is not None else u64(0) * 4)
 
 
 def topk_request(k, dim, floats):

@@ -147,26 +147,22 @@ impl ShardSpec {
         self.validate_partitions()
     }
 
-    /// Query partitions: one per query, each naming a listed value; values unique.
+    /// Values unique; query partitions (if any): one per query, each naming a listed value.
     fn validate_partitions(&self) -> Result<()> {
         let np = self.partition_values.len();
         at_most("number of partitions of a pushed-down pass", np, MAX_QUERIES)?;
-        match &self.query_parts {
-            None if np > 0 => Err(invalid("spec", "partition values without query partitions")),
-            None => Ok(()),
-            Some(qp) => {
-                check_query_parts(qp, self.queries.nrows())?;
-                if qp.iter().any(|&p| p as usize >= np) {
-                    return Err(invalid("spec", "a query partition is not a listed value"));
-                }
-                let mut v: Vec<&String> = self.partition_values.iter().collect();
-                v.sort_unstable();
-                if v.windows(2).any(|w| w[0] == w[1]) {
-                    return Err(invalid("spec", "a partition value is listed twice"));
-                }
-                Ok(())
+        let mut v: Vec<&String> = self.partition_values.iter().collect();
+        v.sort_unstable();
+        if v.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("spec", "a partition value is listed twice"));
+        }
+        if let Some(qp) = &self.query_parts {
+            check_query_parts(qp, self.queries.nrows())?;
+            if qp.iter().any(|&p| p as usize >= np) {
+                return Err(invalid("spec", "a query partition is not a listed value"));
             }
         }
+        Ok(())
     }
 
     /// Partition value -> id, for a shard to map its rows' values ([`ShardPass::push_batch_in`]).

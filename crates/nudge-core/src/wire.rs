@@ -12,13 +12,14 @@
 //! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 2):
 //!
 //! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 2 len spec[len] nl {id:text key}*nl
-//!   no {id:text written:i64 original:f32s}*no writing:0|1`, the spec a
+//!   no {id:text written:i64 original:f32s}*no writing:0|1 partitioned:0|1 [column:text]`, the spec a
 //!   [`ShardSpec`] (`"NDGS"`, see [`crate::partial`]).
 //! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 2 k distance:text dim queries:f32s nl
 //!   {id:text key}*nl`.
 //! * Replies: `"NDGR" 2 'O' body` or `"NDGR" 2 'E' sqlstate message:text` (a worker's error:
 //!   [`WorkerError`]). The body of a [`Reply`]: `len partial[len] ns key*ns nr {key id:text
-//!   has_dist:0|1 [dist:text] from_original:0|1}*nr`, the partial a [`Partial`] (`"NDGP"`); of
+//!   has_dist:0|1 [dist:text] from_original:0|1}*nr partitioned:0|1 [{has:0|1 [value:text]}*ns]`
+//!   (the partition value of each labelled row), the partial a [`Partial`] (`"NDGP"`); of
 //!   a top-k reply: `nq {len (key score:f32)*len}*nq`.
 //!
 //! Decoding never panics and allocates nothing before the size that drives the allocation was
@@ -247,6 +248,9 @@ pub struct Request {
     pub originals: HashMap<String, (i64, Vec<f32>)>,
     /// Whether to return the addresses (distribution column values) of rows to write.
     pub writing: bool,
+    /// A partitioned pass: the column whose values (as text) the spec's partition values
+    /// name; the reply then carries every labelled row's value.
+    pub partition_column: Option<String>,
 }
 
 impl Request {
@@ -261,6 +265,10 @@ impl Request {
             w.f32s(original.iter().copied());
         }
         w.u64(self.writing as u64);
+        w.u64(self.partition_column.is_some() as u64);
+        if let Some(c) = &self.partition_column {
+            w.bytes(c.as_bytes());
+        }
         w.0
     }
 
@@ -293,12 +301,17 @@ impl Request {
             }
         }
         let writing = r.flag()?;
+        let partition_column = if r.flag()? { Some(r.text()?) } else { None };
+        if spec.query_parts.is_some() && partition_column.is_none() {
+            return Err(r.malformed("query partitions without a partition column"));
+        }
         r.end()?;
         Ok(Request {
             spec,
             labelled,
             originals,
             writing,
+            partition_column,
         })
     }
 }
@@ -311,6 +324,8 @@ pub struct Reply {
     pub labelled_seen: Vec<u64>,
     /// Rows the fit may write: (key, id, distribution column value, started from an original).
     pub rows: Vec<(u64, String, Option<String>, bool)>,
+    /// A partitioned pass: the partition value of each of `labelled_seen` (else empty).
+    pub labelled_parts: Vec<Option<String>>,
 }
 
 impl Reply {
@@ -330,6 +345,13 @@ impl Reply {
             }
             w.u64(*from_original as u64);
         }
+        w.u64(!self.labelled_parts.is_empty() as u64);
+        for v in &self.labelled_parts {
+            w.u64(v.is_some() as u64);
+            if let Some(v) = v {
+                w.bytes(v.as_bytes());
+            }
+        }
         w.0
     }
 
@@ -342,7 +364,7 @@ impl Reply {
         };
         let partial = Partial::from_bytes(r.bytes()?)?;
         let n = r.count("labelled keys of a shard reply", MAX_RECORDS, 8)?;
-        let labelled_seen = (0..n).map(|_| r.u64()).collect::<Result<_>>()?;
+        let labelled_seen: Vec<u64> = (0..n).map(|_| r.u64()).collect::<Result<_>>()?;
         let n = r.count("rows of a shard reply", MAX_RECORDS, 32)?;
         let mut rows = Vec::with_capacity(n);
         for _ in 0..n {
@@ -351,11 +373,24 @@ impl Reply {
             let dist = if r.flag()? { Some(r.text()?) } else { None };
             rows.push((key, id, dist, r.flag()?));
         }
+        let labelled_parts = if r.flag()? {
+            let n: usize = labelled_seen.len();
+            if n == 0 {
+                return Err(r.malformed("partition values without labelled keys"));
+            }
+            r.need(n, 8)?;
+            (0..n)
+                .map(|_| if r.flag()? { r.text().map(Some) } else { Ok(None) })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         r.end()?;
         Ok(Ok(Reply {
             partial,
             labelled_seen,
             rows,
+            labelled_parts,
         }))
     }
 }
@@ -578,6 +613,7 @@ mod tests {
             labelled: (0..6).map(|i| (format!("doc{i}"), i)).collect(),
             originals: [("doc9".to_string(), (-7i64, vec![0.5f32; 5]))].into(),
             writing: true,
+            partition_column: None,
         }
     }
 
@@ -611,8 +647,22 @@ mod tests {
                 (1, "doc1".into(), Some("x".into()), false),
                 (9, "doc9".into(), None, true),
             ],
+            labelled_parts: Vec::new(),
         };
-        assert_eq!(Reply::parse(&reply.to_bytes()).unwrap(), Ok(reply));
+        assert_eq!(Reply::parse(&reply.to_bytes()).unwrap(), Ok(reply.clone()));
+        // partitioned: the request names the column, the reply each labelled row's value
+        let mut preq = req.clone();
+        preq.spec.query_parts = Some(vec![0, 1, 0, 0]);
+        preq.spec.partition_values = vec!["a".into(), "b".into()];
+        preq.partition_column = Some("tenant id".into());
+        assert_eq!(Request::from_bytes(&preq.to_bytes()).unwrap(), preq);
+        let mut bad = preq.clone();
+        bad.partition_column = None;
+        malformed(Request::from_bytes(&bad.to_bytes()));
+        let preply = Reply { labelled_parts: vec![Some("a".into()), None], ..reply.clone() };
+        assert_eq!(Reply::parse(&preply.to_bytes()).unwrap(), Ok(preply));
+        let bad = Reply { labelled_seen: vec![], labelled_parts: vec![None], ..reply };
+        malformed(Reply::parse(&bad.to_bytes()));
         let runs = vec![vec![(3u64, 0.5f32), (1, -0.25)], vec![]];
         assert_eq!(
             TopKRequest::parse_reply(&TopKRequest::reply_bytes(&runs)).unwrap(),
@@ -874,6 +924,7 @@ pub mod fuzzing {
         a.spec == b.spec
             && a.labelled == b.labelled
             && a.writing == b.writing
+            && a.partition_column == b.partition_column
             && a.originals.len() == b.originals.len()
             && a.originals.iter().all(|(id, (w, v))| {
                 b.originals
@@ -934,6 +985,7 @@ pub mod fuzzing {
             partial: p,
             labelled_seen: vec![1],
             rows: vec![(1, "x".into(), None, false)],
+            labelled_parts: if spec.query_parts.is_some() { vec![Some("tenant a".into())] } else { Vec::new() },
         };
         assert_eq!(Reply::parse(&reply.to_bytes()), Ok(Ok(reply)));
     }
@@ -977,6 +1029,7 @@ pub mod fuzzing {
                     })
                     .collect(),
                 writing: nm % 2 == 0,
+                partition_column: parted.then(|| "tenant".into()),
             };
             out.push(req.to_bytes());
             let mut sp = ShardPass::new(spec.clone()).unwrap();
@@ -999,6 +1052,11 @@ pub mod fuzzing {
                         )
                     })
                     .collect(),
+                labelled_parts: if parted && nm > 0 {
+                    (0..nm).map(|k| (k % 2 == 0).then(|| format!("t{k}"))).collect()
+                } else {
+                    Vec::new()
+                },
             };
             out.push(reply.to_bytes());
             if nq > 0 {

@@ -481,7 +481,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
          || chk.u64(0) || chk.u64(0)  -- no partitions
 $$;
 CREATE FUNCTION chk.pass_request(spec bytea) RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT '\x4e44475102'::bytea || chk.u64(length(spec)) || spec || chk.u64(0) || chk.u64(0) || chk.u64(0)
+  SELECT '\x4e44475102'::bytea || chk.u64(length(spec)) || spec || chk.u64(0) || chk.u64(0) || chk.u64(0) || chk.u64(0)
 $$;
 CREATE FUNCTION chk.topk_request(k numeric, dim numeric, nfloats numeric, floats bytea) RETURNS bytea
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
@@ -1243,12 +1243,12 @@ $$;
 SELECT pg_temp.reply(nudge_shard_pass('{}', 'id', 'embedding', NULL,
          '\x4e44475102'::bytea || pg_temp.u64(61) || '\x4e44475302'::bytea || pg_temp.u64(1099511627776)
          || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS huge_dim;
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS huge_dim;
 SELECT 1 AS still_connected;
 SELECT pg_temp.reply(nudge_shard_pass('{}', 'id', 'embedding', NULL,
          '\x4e44475102'::bytea || pg_temp.u64(61) || '\x4e44475302'::bytea || pg_temp.u64(2305843009213693952)
          || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS dim_past_memory;
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS dim_past_memory;
 SELECT 1 AS still_connected;
 SELECT pg_temp.reply(nudge_shard_topk('{}', 'id', 'embedding',
          '\x4e44474b02'::bytea || pg_temp.u64(10) || pg_temp.u64(6) || convert_to('cosine', 'UTF8')

@@ -200,9 +200,13 @@ pub(crate) struct Engine {
     k: usize,
     mode: Mode,
     heaps: Vec<Heap>,
-    /// Per query, its partition: a row is offered to a query's heap only if the row's
-    /// partition (given per pushed row) is the query's. None: every row to every query.
+    /// Per query (in the engine's order), its partition: a row is offered to a query's heap
+    /// only if the row's partition (given per pushed row) is the query's. None: every row to
+    /// every query. The queries are then held sorted by partition, so that a row's queries are
+    /// one contiguous range.
     qpart: Option<Vec<u32>>,
+    /// With partitions: the caller's index of each query in the engine's order, and back.
+    order: Option<(Vec<usize>, Vec<usize>)>,
     pub rows_seen: u64,
 }
 
@@ -262,6 +266,7 @@ impl Engine {
             mode,
             heaps: (0..m).map(|_| Heap::new(k)).collect(),
             qpart: None,
+            order: None,
             rows_seen: 0,
         }
     }
@@ -270,7 +275,15 @@ impl Engine {
     /// [`check_query_parts`]); call before the first row.
     pub fn set_query_parts(&mut self, parts: Vec<u32>) {
         debug_assert_eq!(parts.len(), self.q.nrows());
-        self.qpart = Some(parts);
+        let mut by_part: Vec<usize> = (0..parts.len()).collect();
+        by_part.sort_by_key(|&i| parts[i]);
+        let mut back = vec![0; parts.len()];
+        for (at, &i) in by_part.iter().enumerate() {
+            back[i] = at;
+        }
+        self.q = self.q.select(ndarray::Axis(0), &by_part);
+        self.qpart = Some(by_part.iter().map(|&i| parts[i]).collect());
+        self.order = Some((by_part, back));
     }
 
     pub fn is_partitioned(&self) -> bool {
@@ -291,12 +304,16 @@ impl Engine {
 
     /// Offers `(s, key)` to query `q`'s heap (as if scored in a batch).
     pub fn offer(&mut self, q: usize, s: f32, key: u64) -> bool {
-        self.heaps[q].offer(s, key)
+        let at = self.order.as_ref().map_or(q, |o| o.1[q]);
+        self.heaps[at].offer(s, key)
     }
 
     /// Per-query lists, best first.
     pub fn sorted(&self) -> Vec<Vec<(f32, u64)>> {
-        self.heaps.iter().map(|h| h.sorted()).collect()
+        match &self.order {
+            Some((_, back)) => back.iter().map(|&at| self.heaps[at].sorted()).collect(),
+            None => self.heaps.iter().map(|h| h.sorted()).collect(),
+        }
     }
 
     /// Scores a batch whose shapes were checked and whose per-row `|d|^2` is `norms2`.
@@ -423,8 +440,8 @@ fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx:
 
 /// Fused GEMM + selection of the queries `q` (a block) over corpus rows `d0..d1` of `ctx`.
 /// `thr[i]` is the admission threshold of query i (kept in sync with `heaps[i]`, and never
-/// below `floor[i]` when given). With `qp` (the block's query partitions) and row partitions,
-/// a row is offered only to the queries of its partition (tested after the threshold).
+/// below `floor[i]` when given). With `qp` (the block's query partitions, ascending) and row
+/// partitions, a row is offered only to the queries of its partition, one range of the block.
 #[allow(clippy::too_many_arguments)]
 fn scan(
     q: ArrayView2<f32>,
@@ -474,14 +491,17 @@ fn scan(
                 }
             }
             let (sc, b, key) = (ctx.scale[j], ctx.bias[j], ctx.keys[j]);
-            let own = |i: usize| match (qp, ctx.parts) {
-                (Some(qp), Some(rp)) => qp[i] == rp[j],
-                _ => true,
+            let (lo, hi) = match (qp, ctx.parts) {
+                (Some(qp), Some(rp)) => {
+                    let p = rp[j];
+                    (qp.partition_point(|&x| x < p), qp.partition_point(|&x| x <= p))
+                }
+                _ => (0, mq),
             };
             let row = &scratch[jj * w..jj * w + mq];
-            let mut i0 = 0;
-            while i0 < mq {
-                let i1 = (i0 + 16).min(mq);
+            let mut i0 = lo;
+            while i0 < hi {
+                let i1 = (i0 + 16).min(hi);
                 let mut any = false;
                 for i in i0..i1 {
                     any |= score(row[i], sc, b) >= thr[i];
@@ -489,7 +509,7 @@ fn scan(
                 if any {
                     for i in i0..i1 {
                         let sv = score(row[i], sc, b);
-                        if sv >= thr[i] && own(i) && heaps[i].offer(sv, key) {
+                        if sv >= thr[i] && heaps[i].offer(sv, key) {
                             let h = heaps[i].threshold();
                             thr[i] = match floor {
                                 Some(f) => h.max(f[i]),

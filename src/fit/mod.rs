@@ -341,26 +341,16 @@ fn run(a: &FitArgs) -> FitRow {
     let (outcome, addresses, n_validation, folds) = match split {
         Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
             let (queries, qrels, validation) = labels::train_then_validation(&labels);
-            let mut pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
-            if let Some(ids) = labels::partition_ids(&labels, &[&labels.train, &labels.validation]) {
-                pass = pass.partitioned(ids).or_raise();
-            }
-            if a.gamma_per_partition {
-                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
-            }
+            let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            let pass = partition::kfold(pass, &labels, &[&labels.train, &labels.validation], a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
         }
         Split::Tables | Split::Fraction(_) => {
             let moving = labels::moving_set(&labels);
-            let mut pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
-            if let Some(ids) = labels::partition_ids(&labels, &[&labels.validation]) {
-                pass = pass.partitioned(ids).or_raise();
-            }
-            if a.gamma_per_partition {
-                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
-            }
+            let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            let pass = partition::held_out(pass, &labels, a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (outcome, addresses, labels.validation.vectors.nrows(), None)
@@ -368,13 +358,8 @@ fn run(a: &FitArgs) -> FitRow {
         Split::Folds(k) => {
             let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
             let (train, n) = (&labels.train, labels.n_labelled());
-            let mut pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
-            if let Some(ids) = labels::partition_ids(&labels, &[train]) {
-                pass = pass.partitioned(ids).or_raise();
-            }
-            if a.gamma_per_partition {
-                pass = pass.gamma_per_partition(partition::MIN_PARTITION_QUERIES).or_raise();
-            }
+            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
+            let pass = partition::kfold(pass, &labels, &[train], a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))

@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use nudge_core::knn::NO_PARTITION;
 use pgrx::prelude::pg_sys;
 
-use nudge_core::gamma::{FitConfig, FitOutcome, Selection};
+use nudge_core::gamma::{FitConfig, FitOutcome, FitPass, Selection};
+use nudge_core::kfold::KFoldPass;
 
 use super::config::{invalid, FitArgs};
 use super::labels::{Labels, QuerySet};
 use crate::columns::{self, Column};
-use crate::error::{raise_with, PgSqlErrorCode as Code};
+use crate::error::{raise_with, OrRaise, PgSqlErrorCode as Code};
 
 /// Fewest evaluated queries (summed over folds) for a partition's own gamma with
 /// `gamma_per_partition => true`; fewer: the joint gamma.
@@ -34,6 +35,30 @@ pub fn check_args(a: &FitArgs, config: &FitConfig) {
             "Each partition's gamma is the best of its own curve on the joint search's grid.",
         );
     }
+}
+
+/// A held-out pass, partitioned by the validation queries' values (with `partition =>`), with
+/// one gamma per partition when asked.
+pub fn held_out(mut pass: FitPass, labels: &Labels, a: &FitArgs) -> FitPass {
+    if let Some(ids) = super::labels::partition_ids(labels, &[&labels.validation]) {
+        pass = pass.partitioned(ids).or_raise();
+    }
+    if a.gamma_per_partition {
+        pass = pass.gamma_per_partition(MIN_PARTITION_QUERIES).or_raise();
+    }
+    pass
+}
+
+/// A k-fold pass (or a held-out split refitting on all labels) whose query rows are `sets`,
+/// partitioned as [`held_out`].
+pub fn kfold(mut pass: KFoldPass, labels: &Labels, sets: &[&QuerySet], a: &FitArgs) -> KFoldPass {
+    if let Some(ids) = super::labels::partition_ids(labels, sets) {
+        pass = pass.partitioned(ids).or_raise();
+    }
+    if a.gamma_per_partition {
+        pass = pass.gamma_per_partition(MIN_PARTITION_QUERIES).or_raise();
+    }
+    pass
 }
 
 /// Reports how the partitions' gammas were chosen (a NOTICE), and returns them as recorded in

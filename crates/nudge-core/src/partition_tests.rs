@@ -56,7 +56,7 @@ fn make_data(seed: u64, sizes: &[usize], nq_per: usize, dim: usize) -> Data {
     let mut count = vec![0usize; sizes.len()];
     for (i, &p) in row_part.iter().enumerate() {
         if (p as usize) < sizes.len() {
-            labelled[i] = count[p as usize] % 3 == 0;
+            labelled[i] = count[p as usize].is_multiple_of(3);
             count[p as usize] += 1;
         }
     }

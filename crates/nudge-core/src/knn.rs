@@ -373,8 +373,10 @@ impl Engine {
             };
             let q = self.q.view();
             let heaps = &mut self.heaps;
-            let qpart = self.qpart.as_deref();
-            install(pool, || run_round(q, qpart, heaps, &ctx, t));
+            match self.qpart.as_deref() {
+                Some(qpart) => install(pool, || run_round_partitioned(q, qpart, heaps, &ctx)),
+                None => install(pool, || run_round(q, heaps, &ctx, t)),
+            }
             self.rows_seen += (r1 - r0) as u64;
             hooks.report(phase, self.rows_seen, None);
             r0 = r1;
@@ -389,11 +391,87 @@ struct Ctx<'a> {
     scale: &'a [f32],
     bias: &'a [f32],
     skip: Option<&'a [bool]>,
-    /// Row partitions (with query partitions: a row reaches only its partition's queries).
+    /// Row partitions (with query partitions: a row reaches only its partition's queries, see
+    /// [`run_round_partitioned`]).
     parts: Option<&'a [u32]>,
 }
 
-fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
+/// A partitioned round: the rows of each partition against that partition's queries only
+/// (the engine holds its queries sorted by partition: one range per partition), as blocks of
+/// at most `QB` queries in parallel. Skipped rows and rows of a partition no query has are left
+/// out. The products have the shapes the unpartitioned scan uses (`MIN_ROWS` padding), so the
+/// scores are the same bits.
+fn run_round_partitioned(q: ArrayView2<f32>, qpart: &[u32], heaps: &mut [Heap], ctx: &Ctx) {
+    let Some(rp) = ctx.parts else {
+        return;
+    };
+    let mut rows: Vec<usize> = (0..rp.len()).filter(|&j| !ctx.skip.is_some_and(|sk| sk[j])).collect();
+    rows.sort_by_key(|&j| rp[j]);
+    // per partition with queries: its query range and its rows, gathered
+    let mut groups: Vec<(usize, usize, Gathered)> = Vec::new();
+    let mut a = 0;
+    while a < rows.len() {
+        let p = rp[rows[a]];
+        let b = a + rows[a..].partition_point(|&j| rp[j] == p);
+        let (lo, hi) = (qpart.partition_point(|&x| x < p), qpart.partition_point(|&x| x <= p));
+        if lo < hi {
+            groups.push((lo, hi, Gathered::of(ctx, &rows[a..b])));
+        }
+        a = b;
+    }
+    // disjoint heaps per block of a group's queries (ranges ascend with the partitions)
+    let mut work: Vec<(usize, &mut [Heap], &Gathered)> = Vec::new();
+    let (mut rest, mut at): (&mut [Heap], usize) = (heaps, 0);
+    for (lo, hi, g) in &groups {
+        let tail = std::mem::take(&mut rest).split_at_mut(lo - at).1;
+        let (mut mine, tail) = tail.split_at_mut(hi - lo);
+        rest = tail;
+        at = *hi;
+        let mut q0 = *lo;
+        while !mine.is_empty() {
+            let len = QB.min(hi - q0);
+            let (blk, more) = std::mem::take(&mut mine).split_at_mut(len);
+            work.push((q0, blk, g));
+            q0 += len;
+            mine = more;
+        }
+    }
+    work.into_par_iter().for_each(|(q0, hs, g)| {
+        let sub = Ctx {
+            keys: &g.keys,
+            v: g.v.view(),
+            scale: &g.scale,
+            bias: &g.bias,
+            skip: None,
+            parts: None,
+        };
+        let qblk = q.slice(s![q0..q0 + hs.len(), ..]);
+        let mut thr: Vec<f32> = hs.iter().map(|h| h.threshold()).collect();
+        let mut scratch = Vec::new();
+        scan(qblk, &sub, 0, g.keys.len(), hs, &mut thr, None, &mut scratch);
+    });
+}
+
+/// Some rows of a round, copied out: their keys, vectors and score transforms.
+struct Gathered {
+    keys: Vec<u64>,
+    v: Array2<f32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Gathered {
+    fn of(ctx: &Ctx, rows: &[usize]) -> Gathered {
+        Gathered {
+            keys: rows.iter().map(|&j| ctx.keys[j]).collect(),
+            v: ctx.v.select(ndarray::Axis(0), rows),
+            scale: rows.iter().map(|&j| ctx.scale[j]).collect(),
+            bias: rows.iter().map(|&j| ctx.bias[j]).collect(),
+        }
+    }
+}
+
+fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
     let m = q.nrows();
     let n = ctx.v.nrows();
     if m >= 16 * t || n <= NB || t == 1 {
@@ -405,8 +483,7 @@ fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx:
             let qblk = q.slice(s![q0..q0 + hs.len(), ..]);
             let mut thr: Vec<f32> = hs.iter().map(|h| h.threshold()).collect();
             let mut scratch = Vec::new();
-            let qp = qpart.map(|p| &p[q0..q0 + hs.len()]);
-            scan(qblk, qp, ctx, 0, n, hs, &mut thr, None, &mut scratch);
+            scan(qblk, ctx, 0, n, hs, &mut thr, None, &mut scratch);
         });
     } else {
         // Few queries: split the corpus, keep local heaps, merge.
@@ -423,7 +500,7 @@ fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx:
                 let mut thr = gthr.clone();
                 let mut scratch = Vec::new();
                 if d0 < d1 {
-                    scan(q, qpart, ctx, d0, d1, &mut hs, &mut thr, Some(&gthr), &mut scratch);
+                    scan(q, ctx, d0, d1, &mut hs, &mut thr, Some(&gthr), &mut scratch);
                 }
                 hs
             })
@@ -440,12 +517,10 @@ fn run_round(q: ArrayView2<f32>, qpart: Option<&[u32]>, heaps: &mut [Heap], ctx:
 
 /// Fused GEMM + selection of the queries `q` (a block) over corpus rows `d0..d1` of `ctx`.
 /// `thr[i]` is the admission threshold of query i (kept in sync with `heaps[i]`, and never
-/// below `floor[i]` when given). With `qp` (the block's query partitions, ascending) and row
-/// partitions, a row is offered only to the queries of its partition, one range of the block.
+/// below `floor[i]` when given).
 #[allow(clippy::too_many_arguments)]
 fn scan(
     q: ArrayView2<f32>,
-    qp: Option<&[u32]>,
     ctx: &Ctx,
     d0: usize,
     d1: usize,
@@ -491,17 +566,10 @@ fn scan(
                 }
             }
             let (sc, b, key) = (ctx.scale[j], ctx.bias[j], ctx.keys[j]);
-            let (lo, hi) = match (qp, ctx.parts) {
-                (Some(qp), Some(rp)) => {
-                    let p = rp[j];
-                    (qp.partition_point(|&x| x < p), qp.partition_point(|&x| x <= p))
-                }
-                _ => (0, mq),
-            };
             let row = &scratch[jj * w..jj * w + mq];
-            let mut i0 = lo;
-            while i0 < hi {
-                let i1 = (i0 + 16).min(hi);
+            let mut i0 = 0;
+            while i0 < mq {
+                let i1 = (i0 + 16).min(mq);
                 let mut any = false;
                 for i in i0..i1 {
                     any |= score(row[i], sc, b) >= thr[i];

@@ -420,12 +420,15 @@ else
     *) fail "before the update, nudge_revert(...): got '$got', want 55000 and '$hint'" ;;
   esac
 fi
-catalog_before="$(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
+# (the fits' values in the columns they had before the update: columns the update adds are new)
+fits_cols="$(q upg "SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = 'nudge.fits'::regclass AND attnum > 0 AND NOT attisdropped")"
+fits_md5="SELECT md5(string_agg((SELECT jsonb_object_agg(e.k, e.v) FROM jsonb_each(to_jsonb(f)) AS e(k, v) WHERE e.k = ANY ('$fits_cols'::text[]))::text, ',' ORDER BY fit_id)) FROM nudge.fits AS f"
+catalog_before="$(q upg "$fits_md5") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")"
 
 q upg "ALTER EXTENSION nudge UPDATE"
 check "ALTER EXTENSION nudge UPDATE: extversion" "$(q upg "SELECT extversion FROM pg_extension WHERE extname = 'nudge'")" "$current"
 check "fits, backups and staged rows kept by the update" \
-  "$(q upg "$fits_kept") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
+  "$(q upg "$fits_md5") $(q upg "SELECT count(*) FROM nudge.fit_backups") $(q upg "SELECT count(*) FROM nudge.fit_staged")" \
   "$catalog_before"
 q postgres "CREATE DATABASE fresh"
 q fresh "CREATE EXTENSION vector; CREATE EXTENSION nudge;"

@@ -54,7 +54,9 @@ CREATE TABLE nudge.fits (
     guard_metric        text,
     guard_tolerance     float8,
     guard_before        float8,
-    guard_after         float8
+    guard_after         float8,
+    partition           text,       -- partition => (every query ranked only its partition's rows)
+    partition_gammas    jsonb       -- gamma_per_partition => true: each partition's gamma
 );
 COMMENT ON TABLE nudge.fits IS 'One row per nudge_fit call: what it read, its parameters, the chosen gamma, metrics and status';
 COMMENT ON COLUMN nudge.fits.validation_after IS 'The metric at the chosen gamma: on the held-out validation queries, or, when folds is set, the mean out-of-fold value (a cross-validated estimate, not a held-out one)';
@@ -63,6 +65,8 @@ COMMENT ON COLUMN nudge.fits.status IS 'applied (written), dry_run (nothing writ
 COMMENT ON COLUMN nudge.fits.guard_before IS 'A guarded refit: guard_metric of the vectors searched before it, on guard_queries / guard_qrels (queries no fit trains on)';
 COMMENT ON COLUMN nudge.fits.guard_after IS 'A guarded refit: guard_metric of the refit''s vectors on the guard queries; written only if guard_after >= guard_before - guard_tolerance';
 COMMENT ON COLUMN nudge.fits.update_from IS 'Whose labels moved the records: train (the held-out queries only chose gamma) or all';
+COMMENT ON COLUMN nudge.fits.partition IS 'partition => of the fit: every query ranked only the corpus rows with its value of this column (NULL: unpartitioned)';
+COMMENT ON COLUMN nudge.fits.partition_gammas IS 'gamma_per_partition => true: {"value": {"gamma": g, "queries": n, "own": true|false}} per partition with evaluated queries (own false: too few of them, the joint gamma); NULL otherwise';
 
 CREATE TABLE nudge.fit_backups (
     fit_id          bigint   NOT NULL REFERENCES nudge.fits ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,

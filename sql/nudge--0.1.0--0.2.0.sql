@@ -149,3 +149,70 @@ BEGIN
 END
 $proc$;
 COMMENT ON PROCEDURE @extschema@.nudge_apply(pg_catalog.int8, pg_catalog.int4, pg_catalog.int8, pg_catalog.int8) IS 'Write a staged nudge_fit in batches of batch_rows rows, each committed on its own; returns the rows written and skipped';
+
+-- == partition => (nudge_fit, nudge_evaluate): every query ranks only its partition's rows;
+-- gamma_per_partition => (nudge_fit). (BEGIN partition; the CREATE FUNCTIONs are pgrx's; their
+-- C symbols are the 0.2.0 signatures' own: 0.1.0's symbols answer the old catalog)
+ALTER TABLE nudge.fits ADD COLUMN partition text, ADD COLUMN partition_gammas jsonb;
+COMMENT ON COLUMN nudge.fits.partition IS 'partition => of the fit: every query ranked only the corpus rows with its value of this column (NULL: unpartitioned)';
+COMMENT ON COLUMN nudge.fits.partition_gammas IS 'gamma_per_partition => true: {"value": {"gamma": g, "queries": n, "own": true|false}} per partition with evaluated queries (own false: too few of them, the joint gamma); NULL otherwise';
+DROP FUNCTION @extschema@.nudge_fit(pg_catalog.regclass, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.float8, pg_catalog.int4, pg_catalog.text, pg_catalog.float8, pg_catalog.text, pg_catalog.bool, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.bool);
+CREATE FUNCTION @extschema@."nudge_fit"(
+	"corpus" regclass,
+	"embedding" TEXT,
+	"queries" regclass,
+	"qrels" regclass,
+	"id_column" TEXT DEFAULT 'id',
+	"method" TEXT DEFAULT 'nudge_n',
+	"validation_queries" regclass DEFAULT NULL,
+	"validation_qrels" regclass DEFAULT NULL,
+	"validation_fraction" double precision DEFAULT NULL,
+	"seed" INT DEFAULT 0,
+	"metric" TEXT DEFAULT 'ndcg@10',
+	"gamma" double precision DEFAULT NULL,
+	"target" TEXT DEFAULT NULL,
+	"dry_run" bool DEFAULT false,
+	"gamma_search" TEXT DEFAULT 'best',
+	"negative_rule" TEXT DEFAULT 'skip',
+	"folds" INT DEFAULT NULL,
+	"update_from" TEXT DEFAULT NULL,
+	"lock" TEXT DEFAULT 'rows',
+	"staged" bool DEFAULT false,
+	"partition" TEXT DEFAULT NULL,
+	"gamma_per_partition" bool DEFAULT false
+) RETURNS TABLE (
+	"fit_id" bigint, 
+	"method" TEXT, 
+	"gamma" double precision, 
+	"records_changed" bigint, 
+	"validation_before" double precision, 
+	"validation_after" double precision, 
+	"seconds" double precision, 
+	"rows_skipped" bigint 
+)
+VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'nudge_fit_0_2_wrapper';
+DROP FUNCTION @extschema@.nudge_evaluate(pg_catalog.regclass, pg_catalog.text, pg_catalog.regclass, pg_catalog.regclass, pg_catalog.int4, pg_catalog.text, pg_catalog.text);
+CREATE FUNCTION @extschema@."nudge_evaluate"(
+	"corpus" regclass,
+	"embedding" TEXT,
+	"queries" regclass,
+	"qrels" regclass,
+	"k" INT DEFAULT 10,
+	"id_column" TEXT DEFAULT 'id',
+	"distance" TEXT DEFAULT 'cosine',
+	"partition" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"queries" bigint, 
+	"ndcg" double precision, 
+	"recall" double precision, 
+	"capped_recall" double precision, 
+	"mrr" double precision 
+)
+STABLE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'nudge_evaluate_0_2_wrapper';
+-- (END partition)

@@ -23,6 +23,7 @@ use crate::ties::TieKeys;
 use pgrx::spi::quote_literal;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::exec::{self, Reporter};
+use crate::fit::partition::Partitions;
 use crate::read::{self, push_embedding};
 
 type EvalRow = (
@@ -33,17 +34,22 @@ type EvalRow = (
     name!(mrr, f64),
 );
 
-/// Score exact k-NN retrieval of `queries` over `corpus` against the labels in `qrels`.
-#[pg_extern(stable, parallel_unsafe)]
+/// Score exact k-NN retrieval of `queries` over `corpus` against the labels in `qrels`; with
+/// `partition`, every query ranks only the rows with its value of that column.
+/// (The SQL function `nudge_evaluate`; its C symbol is this signature's own, so that a catalog
+/// of an earlier version reaches [`nudge_evaluate`] below.)
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(name = "nudge_evaluate", stable, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nudge_evaluate(
-    corpus: RegClass,
-    embedding: &str,
-    queries: RegClass,
-    qrels: RegClass,
-    k: default!(i32, 10),
-    id_column: default!(&str, "'id'"),
-    distance: default!(&str, "'cosine'"),
+fn nudge_evaluate_0_2(
+    corpus: Option<RegClass>,
+    embedding: Option<&str>,
+    queries: Option<RegClass>,
+    qrels: Option<RegClass>,
+    k: default!(Option<i32>, 10),
+    id_column: default!(Option<&str>, "'id'"),
+    distance: default!(Option<&str>, "'cosine'"),
+    partition: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -54,10 +60,31 @@ fn nudge_evaluate(
         name!(mrr, f64),
     ),
 > {
-    let (c, q, r) = (corpus.0, queries.0, qrels.0);
-    TableIterator::once(evaluate(c, embedding, q, r, k, id_column, distance))
+    // (NULL in any argument but partition: no row, as a STRICT function answers)
+    let (Some(c), Some(e), Some(q), Some(r), Some(k), Some(id), Some(d)) = (corpus, embedding, queries, qrels, k, id_column, distance) else {
+        return TableIterator::new(Vec::new());
+    };
+    TableIterator::once(evaluate(c.0, e, q.0, r.0, k, id, d, partition))
 }
 
+/// The entry point of 0.1.0's `nudge_evaluate` (STRICT, 7 arguments): evaluates as it did
+/// until `ALTER EXTENSION nudge UPDATE` (it reads no catalog).
+#[pg_extern(sql = false)]
+#[search_path(pg_catalog, pg_temp)]
+fn nudge_evaluate(corpus: RegClass, embedding: &str, queries: RegClass, qrels: RegClass, k: i32, id_column: &str, distance: &str) -> TableIterator<
+    'static,
+    (
+        name!(queries, i64),
+        name!(ndcg, f64),
+        name!(recall, f64),
+        name!(capped_recall, f64),
+        name!(mrr, f64),
+    ),
+> {
+    TableIterator::once(evaluate(corpus.0, embedding, queries.0, qrels.0, k, id_column, distance, None))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     corpus: pg_sys::Oid,
     embedding: &str,
@@ -66,11 +93,12 @@ fn evaluate(
     k: i32,
     id_column: &str,
     distance: &str,
+    partition: Option<&str>,
 ) -> EvalRow {
     let (k, dist) = check_args(k, distance);
     let mut reporter = Reporter::new("nudge_evaluate");
     let corpus = Corpus::resolve(corpus, id_column, embedding);
-    let judged = read_judged(queries, qrels);
+    let judged = read_judged(corpus.oid, queries, qrels, partition);
     let runs = knn(&corpus, &judged, k, dist, None, &mut reporter);
     score(&runs, &judged, k)
 }
@@ -82,7 +110,8 @@ pub(crate) type Overrides = HashMap<String, Vec<f32>>;
 /// distributed table, else (and always with `overrides`) read here.
 pub(crate) fn knn(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, overrides: Option<&Overrides>, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     match (crate::citus::placement(corpus.oid, &corpus.id), overrides) {
-        (Placement::Citus { pushdown: true, .. }, None) => knn_shards(corpus, judged, k, dist, reporter),
+        // (a partitioned search reads a distributed table through the coordinator)
+        (Placement::Citus { pushdown: true, .. }, None) if judged.partitions.is_none() => knn_shards(corpus, judged, k, dist, reporter),
         _ => knn_local(corpus, judged, k, dist, overrides, reporter),
     }
 }
@@ -127,13 +156,20 @@ pub(crate) struct Judged {
     relevant: Vec<Vec<(u64, f64)>>,
     keys: HashMap<String, u64>,
     ties: TieKeys,
+    /// With `partition =>`: the partitions, each judged query's, and the labels to check.
+    partitions: Option<Partitions>,
+    query_parts: Vec<u32>,
+    labels: Vec<LabelPart>,
 }
 
-pub(crate) fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
+/// A label of a partitioned evaluation: (query id, its partition value, doc id).
+type LabelPart = (String, String, String);
+
+pub(crate) fn read_judged(corpus: pg_sys::Oid, queries: pg_sys::Oid, qrels: pg_sys::Oid, partition: Option<&str>) -> Judged {
     let (queries_rel, qrels_rel) = (columns::relation(queries), columns::relation(qrels));
     let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
-    let q = read::read_queries(&queries_rel, &mut dim);
+    let q = read::read_queries_in(&queries_rel, &mut dim, partition);
     let labels = read::read_qrels(&qrels_rel);
     let mut index = HashMap::new();
     for (i, qid) in q.ids.iter().enumerate() {
@@ -153,9 +189,17 @@ pub(crate) fn read_judged(queries: pg_sys::Oid, qrels: pg_sys::Oid) -> Judged {
     if judged.is_empty() {
         raise(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("no query in {queries_sql} has a relevant record in {qrels_sql}"));
     }
+    let partitions = partition.map(|p| Partitions::new(corpus, p, &[&q.parts]));
+    let (query_parts, labels) = match &partitions {
+        Some(p) => (
+            judged.iter().map(|&i| p.ids(&q.parts[i..=i])[0]).collect(),
+            labels.iter().map(|l| (l.query.clone(), q.parts[index[l.query.as_str()] as usize].clone(), l.doc.clone())).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let vectors = q.into_array().select(ndarray::Axis(0), &judged);
     let relevant = judged.iter().map(|&i| std::mem::take(&mut relevant[i])).collect();
-    Judged { vectors, relevant, keys, ties }
+    Judged { vectors, relevant, keys, ties, partitions, query_parts, labels }
 }
 
 /// The local k-NN pass: rows read and decoded here, the maths one batch behind on a worker
@@ -168,31 +212,67 @@ fn knn_local(
     overrides: Option<&Overrides>,
     reporter: &mut Reporter,
 ) -> Vec<Vec<(u64, f32)>> {
-    let topk = TopK::new(judged.vectors.clone(), k, dist).or_raise();
+    let mut topk = TopK::new(judged.vectors.clone(), k, dist).or_raise();
+    let partitions = judged.partitions.as_ref();
+    if partitions.is_some() {
+        topk = topk.with_partitions(judged.query_parts.clone()).or_raise();
+    }
+    let mut doc_parts: HashMap<String, Option<String>> = HashMap::new();
     let mut dim = judged.vectors.ncols();
     let total = read::estimated_rows(corpus.oid);
-    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, "");
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, &partitions.map(|p| p.scan_column()).unwrap_or_default());
     let mut ordinal = 0u64;
-    let pusher = exec::Pusher::start(topk, dim, |t: &mut TopK, keys, vectors| {
-        t.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    let pusher = exec::Pusher::start(topk, dim, |t: &mut TopK, keys, vectors, parts| {
+        t.push_batch_in(keys, vectors, parts, &mut nudge_core::Hooks::noop())
     });
-    let (mut batch_keys, mut buf) = pusher.empty_buffers();
+    let mut batch = pusher.empty_buffers();
     read::for_each_row(&scan, |r| {
         let rid = r.text(1).unwrap_or_default();
-        batch_keys.push(judged.ties.key(&rid, ordinal));
+        if let Some(p) = partitions {
+            let value = r.text(3);
+            batch.2.push(p.id_of(value.as_deref()));
+            if judged.keys.contains_key(&rid) {
+                doc_parts.insert(rid.clone(), value);
+            }
+        }
+        batch.0.push(judged.ties.key(&rid, ordinal));
         ordinal += 1;
         match overrides.and_then(|o| o.get(&rid)) {
-            Some(v) if v.len() == dim => buf.extend_from_slice(v),
+            Some(v) if v.len() == dim => batch.1.extend_from_slice(v),
             Some(v) => raise(Code::ERRCODE_DATA_EXCEPTION, format!("a vector of {} dimensions for row {rid:?} of {}, expected {dim}", v.len(), corpus.sql)),
-            None => push_embedding(r.datum(2), corpus.kind, &mut dim, &mut buf, &|| format!("embedding of row {rid:?} in {}", corpus.sql)),
+            None => push_embedding(r.datum(2), corpus.kind, &mut dim, &mut batch.1, &|| format!("embedding of row {rid:?} in {}", corpus.sql)),
         }
-        if pusher.push_if_full(&mut batch_keys, &mut buf) {
+        if pusher.push_if_full(&mut batch) {
             reporter.report("k-nn search", ordinal, total);
         }
     });
-    pusher.push(batch_keys, buf);
+    pusher.push(batch);
     reporter.report("k-nn search", ordinal, total);
-    pusher.finish().finish()
+    let runs = pusher.finish().finish();
+    if let Some(p) = partitions {
+        check_labels(p, &judged.labels, &doc_parts, &corpus.sql);
+    }
+    runs
+}
+
+/// Every label of a partitioned evaluation points to a doc of its query's partition (23514);
+/// a doc no row holds is not an error (it is simply never retrieved).
+fn check_labels(p: &Partitions, labels: &[LabelPart], doc_parts: &HashMap<String, Option<String>>, corpus_sql: &str) {
+    for (query, query_part, doc) in labels {
+        let Some(doc_part) = doc_parts.get(doc) else { continue };
+        if doc_part.as_deref() != Some(query_part.as_str()) {
+            let doc_in = doc_part.as_ref().map_or("NULL".to_string(), |v| format!("{v:?}"));
+            raise_with(
+                Code::ERRCODE_CHECK_VIOLATION,
+                format!(
+                    "a label crosses partitions: query {query:?} has {col} {query_part:?}, but doc {doc:?} has {col} {doc_in} in {corpus_sql}",
+                    col = p.column.name
+                ),
+                None,
+                Some(format!("With partition => '{}' every query ranks only the rows of its own partition.", p.column.name)),
+            );
+        }
+    }
 }
 
 /// The k-NN pass on the workers of a Citus distributed table: each worker's top-k per query

@@ -129,29 +129,32 @@ pub fn with_hooks<R>(
 
 /// A corpus pass's maths on a worker of the pool, one batch behind the reads: the backend's
 /// thread reads and decodes rows (only it may call Postgres) and hands batches of (keys,
-/// row-major vectors) over a channel of one to a job that runs `push` on `state`; used buffers
+/// row-major vectors, and each row's partition id in a partitioned pass) over a channel of one to a job that runs `push` on `state`; used buffers
 /// come back for reuse, and `finish` returns the state. The job never calls Postgres and
 /// catches panics (a panicking spawned job would abort the backend); interrupts are checked on
 /// the backend's thread, between batches and while it waits. If the backend errors out
 /// mid-scan, the channel closes and the job drops the state after its current batch.
+/// One batch: keys, row-major vectors, partition ids (empty unless partitioned).
+pub type Batch = (Vec<u64>, Vec<f32>, Vec<u32>);
+
 pub struct Pusher<T> {
-    tx: std::sync::mpsc::SyncSender<(Vec<u64>, Vec<f32>)>,
-    free: std::sync::mpsc::Receiver<(Vec<u64>, Vec<f32>)>,
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    free: std::sync::mpsc::Receiver<Batch>,
     done: std::sync::mpsc::Receiver<(T, nudge_core::Result<()>)>,
     batch_rows: usize,
 }
 
-/// One batch of the maths: `(state, keys, vectors)`.
-pub type PushFn<T> = fn(&mut T, &[u64], ndarray::ArrayView2<f32>) -> nudge_core::Result<()>;
+/// One batch of the maths: `(state, keys, vectors, partition ids)`.
+pub type PushFn<T> = fn(&mut T, &[u64], ndarray::ArrayView2<f32>, Option<&[u32]>) -> nudge_core::Result<()>;
 
 impl<T: Send + 'static> Pusher<T> {
     pub fn start(mut state: T, dim: usize, push: PushFn<T>) -> Pusher<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u64>, Vec<f32>)>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
         let (free_tx, free) = std::sync::mpsc::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
         pool().spawn(move || {
             let mut result = Ok(());
-            for (keys, data) in rx {
+            for (keys, data, parts) in rx {
                 if result.is_ok() {
                     let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let view = ndarray::ArrayView2::from_shape((keys.len(), dim), &data).map_err(|_| {
@@ -160,7 +163,7 @@ impl<T: Send + 'static> Pusher<T> {
                                 message: "rows x dimensions do not match the buffer".into(),
                             }
                         })?;
-                        push(&mut state, &keys, view)
+                        push(&mut state, &keys, view, (!parts.is_empty()).then_some(&parts[..]))
                     }));
                     result = pushed.unwrap_or_else(|_| {
                         Err(nudge_core::NudgeError::InvalidParameter {
@@ -169,7 +172,7 @@ impl<T: Send + 'static> Pusher<T> {
                         })
                     });
                 }
-                let _ = free_tx.send((keys, data));
+                let _ = free_tx.send((keys, data, parts));
             }
             let _ = done_tx.send((state, result));
         });
@@ -177,29 +180,30 @@ impl<T: Send + 'static> Pusher<T> {
     }
 
     /// Buffers for the next batch, emptied (reused when the job has handed some back).
-    pub fn empty_buffers(&self) -> (Vec<u64>, Vec<f32>) {
-        let (mut keys, mut data) = self.free.try_recv().unwrap_or_default();
+    pub fn empty_buffers(&self) -> Batch {
+        let (mut keys, mut data, mut parts) = self.free.try_recv().unwrap_or_default();
         keys.clear();
         data.clear();
-        (keys, data)
+        parts.clear();
+        (keys, data, parts)
     }
 
     /// Hands the batch over (empty batches are dropped).
-    pub fn push(&self, keys: Vec<u64>, data: Vec<f32>) {
-        if !keys.is_empty() {
+    pub fn push(&self, batch: Batch) {
+        if !batch.0.is_empty() {
             // (fails only if the job is gone, which `finish` reports)
-            let _ = self.tx.send((keys, data));
+            let _ = self.tx.send(batch);
         }
     }
 
     /// Hands the batch over once it holds `nudge.batch_rows` rows, leaving empty buffers and
     /// checking interrupts; true if it did.
-    pub fn push_if_full(&self, keys: &mut Vec<u64>, data: &mut Vec<f32>) -> bool {
-        if keys.len() < self.batch_rows {
+    pub fn push_if_full(&self, batch: &mut Batch) -> bool {
+        if batch.0.len() < self.batch_rows {
             return false;
         }
-        let (k, d) = self.empty_buffers();
-        self.push(std::mem::replace(keys, k), std::mem::replace(data, d));
+        let empty = self.empty_buffers();
+        self.push(std::mem::replace(batch, empty));
         check_interrupts().ok();
         true
     }

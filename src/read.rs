@@ -25,11 +25,13 @@ pub struct Vectors {
     pub ids: Vec<String>,
     pub dim: usize,
     pub data: Vec<f32>,
+    /// Each row's partition value (text), when read with one (else empty).
+    pub parts: Vec<String>,
 }
 
 impl Vectors {
     pub fn new(dim: usize) -> Self {
-        Vectors { ids: Vec::new(), dim, data: Vec::new() }
+        Vectors { ids: Vec::new(), dim, data: Vec::new(), parts: Vec::new() }
     }
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -346,17 +348,31 @@ pub fn text_expr(col: &Column) -> String {
 }
 
 /// Queries table: `id` and `embedding`, ordered by id so that the seeded split is
-/// reproducible. Returns ids (as text) and vectors.
-pub fn read_queries(rel: &Relation, dim: &mut usize) -> Vectors {
+/// reproducible. Returns ids (as text) and vectors; with `partition`, also each query's value of that column (as text, read in the same
+/// statement; a NULL is an error).
+pub fn read_queries_in(rel: &Relation, dim: &mut usize, partition: Option<&str>) -> Vectors {
     let rel_sql = rel.sql.as_str();
     let id = rel.column("id", "a column \"id\" in the queries table");
     let (emb, kind) = rel.vector_column("embedding", "a column \"embedding\" in the queries table");
-    let sql = format!("SELECT {}, {} FROM {} ORDER BY {}", text_expr(&id), emb.ident, rel_sql, id.ident);
+    let part = partition.map(|p| rel.column(p, "the partition column in the queries table too"));
+    let part_sql = part.as_ref().map(|c| format!(", {}", text_expr(c))).unwrap_or_default();
+    let sql = format!("SELECT {}, {}{part_sql} FROM {} ORDER BY {}", text_expr(&id), emb.ident, rel_sql, id.ident);
     let mut out = Vectors::new(0);
     for_each_batch(&sql, &[], |table| {
         for row in 0..table.len() {
             let qid = table.text(row, 1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("a query id in {rel_sql} is NULL")));
             push_embedding(table.datum(row, 2), kind, dim, &mut out.data, &|| format!("embedding of query {qid:?} in {rel_sql}"));
+            if let Some(c) = &part {
+                let v = table.text(row, 3).unwrap_or_else(|| {
+                    raise_with(
+                        Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                        format!("query {qid:?} in {rel_sql} has no partition: column \"{}\" is NULL", c.name),
+                        None,
+                        Some("Every query must belong to one partition; give it a value or leave it out through a view.".into()),
+                    )
+                });
+                out.parts.push(v);
+            }
             out.ids.push(qid);
         }
     });

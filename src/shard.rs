@@ -113,7 +113,7 @@ fn nudge_shard_topk(shards: Option<Array<'_, pg_sys::Oid>>, id_column: Option<&s
         let ties = crate::ties::TieKeys::new(labelled.keys());
         let dim = topk.dim();
         let mut batch = Batcher::new(dim);
-        let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, h: &mut nudge_core::Hooks| t.push_batch(keys, v, h);
+        let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, _: Option<&[u32]>, h: &mut nudge_core::Hooks| t.push_batch(keys, v, h);
         for &shard in &shards {
             let rel = columns::relation(shard);
             let id = rel.column(id_column, "the id column");
@@ -152,10 +152,17 @@ fn pass(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, dist_column: O
     let n_labelled = req.labelled.len() as u64;
     let moving: std::collections::HashSet<u64> = req.spec.moving_keys.iter().copied().collect();
     let dim = req.spec.dim;
+    // a partitioned pass: each row's partition id (by its value, as text); labelled rows' values
+    let part_ids: Option<HashMap<String, u32>> = req.partition_column.as_ref().map(|_| {
+        req.spec.partition_ids().into_iter().map(|(v, i)| (v.to_string(), i)).collect()
+    });
+    let with_ids = req.spec.query_parts.is_some();
     let mut shard_pass = ShardPass::new(req.spec).or_raise();
     let mut batch = Batcher::new(dim);
-    let (mut labelled_seen, mut rows) = (Vec::new(), Vec::new());
-    let mut push = |p: &mut ShardPass, keys: &[u64], v: ndarray::ArrayView2<f32>, h: &mut nudge_core::Hooks| p.push_batch(keys, v, h);
+    let (mut labelled_seen, mut rows, mut labelled_parts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut push = |p: &mut ShardPass, keys: &[u64], v: ndarray::ArrayView2<f32>, parts: Option<&[u32]>, h: &mut nudge_core::Hooks| {
+        p.push_batch_in(keys, v, parts, h)
+    };
     for &shard in shards {
         let rel = columns::relation(shard);
         let id = rel.column(id_column, "the id column");
@@ -163,16 +170,26 @@ fn pass(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, dist_column: O
         let dist = dist_column.map(|d| rel.column(d, "the distribution column"));
         let first_key = n_labelled + (shard_id(&rel.sql) << 32);
         let extra = dist.as_ref().filter(|_| req.writing).map(|d| format!(", t.{}::text", d.ident)).unwrap_or_default();
+        let part_col = 3 + i32::from(!extra.is_empty());
+        let part = req.partition_column.as_ref().map(|c| rel.column(c, "the partition column"));
+        let extra = extra + &part.as_ref().map(|c| format!(", t.{}::pg_catalog.text", c.ident)).unwrap_or_default();
         let mut ordinal = 0u64;
         read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, &extra), |row| {
             let rid = row.text(1).unwrap_or_else(|| raise(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("column \"{}\" of {} is NULL in some row", id.name, rel.sql)));
+            let value = part.as_ref().and_then(|_| row.text(part_col));
             let key = match req.labelled.get(rid.as_str()) {
                 Some(&k) => {
                     labelled_seen.push(k);
+                    if part.is_some() {
+                        labelled_parts.push(value.clone());
+                    }
                     k
                 }
                 None => first_key + ordinal,
             };
+            if let (Some(ids), true) = (&part_ids, with_ids) {
+                batch.parts.push(value.as_deref().and_then(|v| ids.get(v).copied()).unwrap_or(nudge_core::knn::NO_PARTITION));
+            }
             ordinal += 1;
             let what = || format!("embedding of row {rid:?} in {}", rel.sql);
             let buf = &mut batch.vectors;
@@ -196,27 +213,29 @@ fn pass(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, dist_column: O
                 None => {}
             }
             if req.writing && (moving.contains(&key) || from_original.is_some()) {
-                rows.push((key, rid, if extra.is_empty() { None } else { row.text(3) }, from_original.is_some()));
+                rows.push((key, rid, if part_col == 3 { None } else { row.text(3) }, from_original.is_some()));
             }
             batch.keys.push(key);
             batch.flush_if_full(&mut shard_pass, &mut push);
         });
     }
     batch.flush(&mut shard_pass, &mut push);
-    Reply { partial: shard_pass.finish(), labelled_seen, rows }
+    Reply { partial: shard_pass.finish(), labelled_seen, rows, labelled_parts }
 }
 
 /// Rows of a shard scan gathered into batches for the core.
 struct Batcher {
     keys: Vec<u64>,
     vectors: Vec<f32>,
+    /// Partition ids of a partitioned pass (else empty).
+    parts: Vec<u32>,
     dim: usize,
     rows: usize,
 }
 
 impl Batcher {
     fn new(dim: usize) -> Self {
-        Batcher { keys: Vec::new(), vectors: Vec::new(), dim, rows: crate::guc::BATCH_ROWS.get().max(1) as usize }
+        Batcher { keys: Vec::new(), vectors: Vec::new(), parts: Vec::new(), dim, rows: crate::guc::BATCH_ROWS.get().max(1) as usize }
     }
 
     fn flush_if_full<T>(&mut self, state: &mut T, push: &mut PushFn<T>) {
@@ -230,13 +249,15 @@ impl Batcher {
             return;
         }
         let view = ndarray::ArrayView2::from_shape((self.keys.len(), self.dim), &self.vectors).expect("rows x dim");
-        crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge shard pass"), None, |h| push(state, &self.keys, view, h)).or_raise();
+        let parts = (!self.parts.is_empty()).then_some(&self.parts[..]);
+        crate::exec::with_hooks(&mut crate::exec::Reporter::new("nudge shard pass"), None, |h| push(state, &self.keys, view, parts, h)).or_raise();
         self.keys.clear();
         self.vectors.clear();
+        self.parts.clear();
     }
 }
 
-type PushFn<'a, T> = dyn FnMut(&mut T, &[u64], ndarray::ArrayView2<f32>, &mut nudge_core::Hooks) -> nudge_core::Result<()> + 'a;
+type PushFn<'a, T> = dyn FnMut(&mut T, &[u64], ndarray::ArrayView2<f32>, Option<&[u32]>, &mut nudge_core::Hooks) -> nudge_core::Result<()> + 'a;
 
 /// The shard id Citus puts at the end of a shard's name (`docs_102008`).
 fn shard_id(name: &str) -> u64 {

@@ -39,6 +39,11 @@ pub struct FitArgs<'a> {
     pub staged: bool,
     /// A refit's guard: written or staged only if it does not score worse on these queries.
     pub guard: Option<super::guard::Guard<'a>>,
+    // -- partitioned fits (partition =>)
+    /// Every query ranks only the corpus rows with its value of this column.
+    pub partition: Option<&'a str>,
+    /// One gamma per partition (with enough labelled queries; the others the joint one).
+    pub gamma_per_partition: bool,
 }
 
 /// Folds when neither validation tables, a validation fraction nor a fold count is given

@@ -89,10 +89,12 @@ fn labelled_query_ids(qrels: pg_sys::Oid) -> HashSet<String> {
     read::read_qrels(&columns::relation(qrels)).into_iter().map(|l| l.query).collect()
 }
 
-/// Score the current vectors and the candidate (`rows` written) on the guard queries.
-pub fn judge(g: &Guard, corpus: &Corpus, rows: &[RowWrite], reporter: &mut Reporter) -> Verdict {
+/// Score the current vectors and the candidate (`rows` written) on the guard queries (each
+/// ranking only its partition's rows, as the fit's queries do, for a partitioned fit: the guard
+/// queries carry the partition column too).
+pub fn judge(g: &Guard, corpus: &Corpus, partition: Option<&str>, rows: &[RowWrite], reporter: &mut Reporter) -> Verdict {
     let id = corpus.id.name.as_str();
-    let judged = evaluate::read_judged(g.queries, g.qrels);
+    let judged = evaluate::read_judged(corpus.oid, g.queries, g.qrels, partition);
     let k = g.metric.k();
     // now: what the application searches (the target column of a target fit)
     let searched = corpus.target.as_ref().unwrap_or(&corpus.emb);

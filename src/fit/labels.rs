@@ -7,6 +7,7 @@ use ndarray::Array2;
 use nudge_core::gradient::{MovingSet, Qrel};
 
 use super::config::{FitArgs, Split};
+use super::partition::Partitions;
 use crate::columns;
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
 use crate::read::{self, Vectors};
@@ -15,6 +16,16 @@ use crate::read::{self, Vectors};
 pub struct QuerySet {
     pub vectors: Array2<f32>,
     pub qrels: Vec<Qrel>,
+    /// Query ids and (with `partition =>`) partition values, by row.
+    pub ids: Vec<String>,
+    pub parts: Vec<String>,
+}
+
+impl QuerySet {
+    fn of(mut v: Vectors, qrels: Vec<Qrel>) -> QuerySet {
+        let (ids, parts) = (v.ids.clone(), std::mem::take(&mut v.parts));
+        QuerySet { vectors: v.into_array(), qrels, ids, parts }
+    }
 }
 
 /// The labelled side of a fit.
@@ -26,6 +37,8 @@ pub struct Labels {
     /// keys from `keys.len()` on, in scan order.
     pub keys: HashMap<String, u64>,
     pub dim: usize,
+    /// With `partition =>`: the partitions, numbered by the queries' values.
+    pub partitions: Option<Partitions>,
 }
 
 impl Labels {
@@ -40,23 +53,20 @@ pub fn read_and_split(a: &FitArgs, split: Split, validation_required: bool) -> L
     let qrels_rel = columns::relation(a.qrels);
     let (queries_sql, qrels_sql) = (queries_rel.sql.clone(), qrels_rel.sql.clone());
     let mut dim = 0usize;
-    let q_all = read::read_queries(&queries_rel, &mut dim);
+    let q_all = read::read_queries_in(&queries_rel, &mut dim, a.partition);
     let labels = read::read_qrels(&qrels_rel);
     let mut keys: HashMap<String, u64> = HashMap::new();
     let (train, validation) = match (a.validation, split) {
         (Some((vq, vr)), _) => {
             let (vq_rel, vr_rel) = (columns::relation(vq), columns::relation(vr));
             let (vq_sql, vr_sql) = (vq_rel.sql.clone(), vr_rel.sql.clone());
-            let q_val = read::read_queries(&vq_rel, &mut dim);
+            let q_val = read::read_queries_in(&vq_rel, &mut dim, a.partition);
             let val_labels = read::read_qrels(&vr_rel);
             let train_index = index_ids(q_all.ids.iter(), &queries_sql);
             let train_qrels = read::qrels_for(&labels, &train_index, &mut keys, &qrels_sql, &queries_sql);
             let val_index = index_ids(q_val.ids.iter(), &vq_sql);
             let val_qrels = read::qrels_for(&val_labels, &val_index, &mut keys, &vr_sql, &vq_sql);
-            (
-                QuerySet { vectors: q_all.into_array(), qrels: train_qrels },
-                QuerySet { vectors: q_val.into_array(), qrels: val_qrels },
-            )
+            (QuerySet::of(q_all, train_qrels), QuerySet::of(q_val, val_qrels))
         }
         (None, Split::Folds(_)) => {
             // k-fold: every query trains and validates (the core deals them into folds)
@@ -64,8 +74,8 @@ pub fn read_and_split(a: &FitArgs, split: Split, validation_required: bool) -> L
             let all_qrels = read::qrels_for(&labels, &all_index, &mut keys, &qrels_sql, &queries_sql);
             let dim = q_all.dim;
             (
-                QuerySet { vectors: q_all.into_array(), qrels: all_qrels },
-                QuerySet { vectors: Array2::zeros((0, dim)), qrels: Vec::new() },
+                QuerySet::of(q_all, all_qrels),
+                QuerySet { vectors: Array2::zeros((0, dim)), qrels: Vec::new(), ids: Vec::new(), parts: Vec::new() },
             )
         }
         (None, Split::Fraction(f)) => seeded_split(a, f, q_all, &labels, &mut keys, &queries_sql, &qrels_sql),
@@ -88,7 +98,8 @@ pub fn read_and_split(a: &FitArgs, split: Split, validation_required: bool) -> L
             Some("Check that qrels.query_id matches queries.id and that scores are > 0.".into()),
         );
     }
-    Labels { train, validation, keys, dim }
+    let partitions = a.partition.map(|p| Partitions::new(a.corpus, p, &[&train.parts, &validation.parts]));
+    Labels { train, validation, keys, dim, partitions }
 }
 
 /// The seeded split of one queries table: `validation_fraction` of the queries (numpy's
@@ -125,20 +136,24 @@ fn seeded_split(
         let q = Qrel { query: pos, ..q };
         if is_train { tq.push(q) } else { vq.push(q) }
     }
-    (
-        QuerySet { vectors: select_rows(&q_all, &tr), qrels: tq },
-        QuerySet { vectors: select_rows(&q_all, &va), qrels: vq },
-    )
+    (select_rows(&q_all, &tr, tq), select_rows(&q_all, &va, vq))
 }
 
 /// Training and validation queries as one set (validation rows after the training rows), its
 /// labels, and the validation rows: for a held-out choice of gamma with the update from all.
 pub fn train_then_validation(labels: &Labels) -> (Array2<f32>, Vec<Qrel>, Vec<usize>) {
+    // (partitions of these rows: `labels.train.parts` then `labels.validation.parts`)
     let (t, v) = (&labels.train, &labels.validation);
     let n_train = t.vectors.nrows();
     let queries = ndarray::concatenate(ndarray::Axis(0), &[t.vectors.view(), v.vectors.view()]).expect("same dimension");
     let qrels = t.qrels.iter().copied().chain(v.qrels.iter().map(|q| Qrel { query: q.query + n_train as u32, ..*q })).collect();
     (queries, qrels, (n_train..n_train + v.vectors.nrows()).collect())
+}
+
+/// The partition ids of the rows of `sets` (concatenated), with `partition =>`.
+pub fn partition_ids(labels: &Labels, sets: &[&QuerySet]) -> Option<Vec<u32>> {
+    let p = labels.partitions.as_ref()?;
+    Some(sets.iter().flat_map(|s| p.ids(&s.parts)).collect())
 }
 
 /// The number of queries some label names (the queries k folds deal).
@@ -166,12 +181,20 @@ fn index_ids<'a>(ids: impl Iterator<Item = &'a String>, rel_sql: &str) -> HashMa
     map
 }
 
-fn select_rows(v: &Vectors, rows: &[usize]) -> Array2<f32> {
+fn select_rows(v: &Vectors, rows: &[usize], qrels: Vec<Qrel>) -> QuerySet {
     let mut out = Array2::<f32>::zeros((rows.len(), v.dim));
     for (i, &r) in rows.iter().enumerate() {
         out.row_mut(i).assign(&ndarray::ArrayView1::from(v.row(r)));
     }
-    out
+    QuerySet { vectors: out, qrels, ids: pick(&v.ids, rows), parts: pick(&v.parts, rows) }
+}
+
+/// `v[rows]` (empty stays empty).
+fn pick(v: &[String], rows: &[usize]) -> Vec<String> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    rows.iter().map(|&r| v[r].clone()).collect()
 }
 
 /// Keep only validation queries with at least one relevant label; renumber them.
@@ -192,11 +215,12 @@ fn only_judged(set: QuerySet) -> QuerySet {
         renum[old] = new as u32;
     }
     let vectors = set.vectors.select(ndarray::Axis(0), &keep);
+    let (ids, parts) = (pick(&set.ids, &keep), pick(&set.parts, &keep));
     let qrels = set
         .qrels
         .into_iter()
         .filter(|q| renum[q.query as usize] != u32::MAX)
         .map(|q| Qrel { query: renum[q.query as usize], ..q })
         .collect();
-    QuerySet { vectors, qrels }
+    QuerySet { vectors, qrels, ids, parts }
 }

@@ -27,6 +27,7 @@ mod guard;
 mod inputs;
 mod labels;
 mod originals;
+pub(crate) mod partition;
 mod pass;
 mod pushdown;
 mod record;
@@ -62,11 +63,13 @@ struct Ran {
     guard: Option<guard::Verdict>,
 }
 
-/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`.
+/// Fine-tune the stored embeddings of `corpus` for the labelled `queries`. (The SQL function
+/// `nudge_fit`; its C symbol is this signature's own, so that a catalog of an earlier version
+/// reaches [`nudge_fit`] below.)
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(name = "nudge_fit", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nudge_fit(
+fn nudge_fit_0_2(
     corpus: Option<RegClass>,
     embedding: Option<&str>,
     queries: Option<RegClass>,
@@ -87,6 +90,8 @@ fn nudge_fit(
     update_from: default!(Option<&str>, "NULL"),
     lock: default!(Option<&str>, "'rows'"),
     staged: default!(Option<bool>, false),
+    partition: default!(Option<&str>, "NULL"),
+    gamma_per_partition: default!(Option<bool>, false),
 ) -> TableIterator<
     'static,
     (
@@ -125,8 +130,52 @@ fn nudge_fit(
         lock: inputs::Lock::parse(required(lock, "lock")),
         staged: required(staged, "staged"),
         guard: None,
+        partition,
+        gamma_per_partition: required(gamma_per_partition, "gamma_per_partition"),
     };
     TableIterator::once(run(&args).row)
+}
+
+/// The entry point of 0.1.0's `nudge_fit` (its 20 arguments): until `ALTER EXTENSION nudge
+/// UPDATE` a call answers 55000 saying so (nothing is read or written).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn nudge_fit(
+    _corpus: Option<RegClass>,
+    _embedding: Option<&str>,
+    _queries: Option<RegClass>,
+    _qrels: Option<RegClass>,
+    _id_column: Option<&str>,
+    _method: Option<&str>,
+    _validation_queries: Option<RegClass>,
+    _validation_qrels: Option<RegClass>,
+    _validation_fraction: Option<f64>,
+    _seed: Option<i32>,
+    _metric: Option<&str>,
+    _gamma: Option<f64>,
+    _target: Option<&str>,
+    _dry_run: Option<bool>,
+    _gamma_search: Option<&str>,
+    _negative_rule: Option<&str>,
+    _folds: Option<i32>,
+    _update_from: Option<&str>,
+    _lock: Option<&str>,
+    _staged: Option<bool>,
+) -> TableIterator<
+    'static,
+    (
+        name!(fit_id, i64),
+        name!(method, String),
+        name!(gamma, f64),
+        name!(records_changed, i64),
+        name!(validation_before, Option<f64>),
+        name!(validation_after, Option<f64>),
+        name!(seconds, f64),
+        name!(rows_skipped, i64),
+    ),
+> {
+    crate::catalog::current();
+    raise(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "nudge_fit: this catalog's nudge_fit has another signature than the library's")
 }
 
 /// Re-run a recorded fit with its parameters on the current labels. In place, it starts
@@ -165,6 +214,7 @@ fn nudge_refit_guarded(
         name!(guard_after, Option<f64>),
     ),
 > {
+    crate::catalog::current();
     // (not STRICT, as the guard tables default to NULL: every other NULL is an error)
     use config::required_in as required;
     let fit_id = required(fit_id, "fit_id", "nudge_refit");
@@ -207,6 +257,8 @@ fn nudge_refit_guarded(
         lock,
         staged,
         guard,
+        partition: r.partition.as_deref(),
+        gamma_per_partition: r.gamma_per_partition,
     };
     let ran = run(&args);
     let (a, b, c, d, e, f, g, h) = ran.row;
@@ -236,6 +288,8 @@ struct Recorded {
     folds: Option<i32>,
     update_from: Option<String>,
     created_by: String,
+    partition: Option<String>,
+    gamma_per_partition: bool,
 }
 
 impl Recorded {
@@ -245,7 +299,7 @@ impl Recorded {
                 "SELECT corpus::oid, embedding, queries::oid, qrels::oid, id_column, method,
                         validation_queries::oid, validation_qrels::oid, validation_fraction, seed, metric,
                         gamma_search, gamma, target, negative_rule, folds, update_from, embedding_type, status,
-                        created_by::pg_catalog.text
+                        created_by::pg_catalog.text, partition, partition_gammas IS NOT NULL
                    FROM nudge.fits WHERE fit_id OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[fit_id.into()],
@@ -276,6 +330,8 @@ impl Recorded {
                 embedding_type: t.get(18)?.unwrap(),
                 status: t.get(19)?.unwrap(),
                 created_by: t.get(20)?.unwrap(),
+                partition: t.get(21)?,
+                gamma_per_partition: t.get(22)?.unwrap_or(false),
             }))
         })
         .or_raise()
@@ -303,6 +359,7 @@ fn run(a: &FitArgs) -> Ran {
     let mut reporter = Reporter::new("nudge_fit");
     let config = config::parse_config(a);
     let update_from = config::parse_update_from(a, &config);
+    partition::check_args(a, &config);
     if a.staged {
         stage::check_args(a.dry_run, a.target, a.lock);
     }
@@ -326,6 +383,7 @@ fn run(a: &FitArgs) -> Ran {
         Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
             let (queries, qrels, validation) = labels::train_then_validation(&labels);
             let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            let pass = partition::kfold(pass, &labels, &[&labels.train, &labels.validation], a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
@@ -333,6 +391,7 @@ fn run(a: &FitArgs) -> Ran {
         Split::Tables | Split::Fraction(_) => {
             let moving = labels::moving_set(&labels);
             let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            let pass = partition::held_out(pass, &labels, a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (outcome, addresses, labels.validation.vectors.nrows(), None)
@@ -341,13 +400,15 @@ fn run(a: &FitArgs) -> Ran {
             let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
             let (train, n) = (&labels.train, labels.n_labelled());
             let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
+            let pass = partition::kfold(pass, &labels, &[train], a);
             let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
             let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
             (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
         }
     };
+    let partition_gammas = partition::report_gammas(&labels, &outcome);
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
-    let verdict = a.guard.as_ref().map(|g| guard::judge(g, &corpus, &rows, &mut reporter));
+    let verdict = a.guard.as_ref().map(|g| guard::judge(g, &corpus, a.partition, &rows, &mut reporter));
     let status = match verdict {
         _ if a.dry_run => "dry_run",
         Some(v) if !v.accepted => "rejected",
@@ -386,6 +447,7 @@ fn run(a: &FitArgs) -> Ran {
             seconds,
             status,
             guard: verdict,
+            partition_gammas: partition_gammas.as_deref(),
         },
     );
     let method = config::method_name(config.method).to_string();

@@ -21,7 +21,7 @@ use crate::write::{At, RowAddr};
 
 /// A corpus pass the scan feeds: one validation split (`FitPass`) or k folds (`KFoldPass`).
 pub trait CorpusPass: Send + 'static {
-    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()>;
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>, parts: Option<&[u32]>) -> nudge_core::Result<()>;
     /// The records the fit may write, sorted.
     fn moving_keys(&self) -> &[u64];
     fn shard_spec(&self) -> ShardSpec;
@@ -29,8 +29,8 @@ pub trait CorpusPass: Send + 'static {
 }
 
 impl CorpusPass for FitPass {
-    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()> {
-        self.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>, parts: Option<&[u32]>) -> nudge_core::Result<()> {
+        self.push_batch_in(keys, vectors, parts, &mut nudge_core::Hooks::noop())
     }
     fn moving_keys(&self) -> &[u64] {
         FitPass::moving_keys(self)
@@ -44,8 +44,8 @@ impl CorpusPass for FitPass {
 }
 
 impl CorpusPass for KFoldPass {
-    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>) -> nudge_core::Result<()> {
-        self.push_batch(keys, vectors, &mut nudge_core::Hooks::noop())
+    fn push(&mut self, keys: &[u64], vectors: ndarray::ArrayView2<f32>, parts: Option<&[u32]>) -> nudge_core::Result<()> {
+        self.push_batch_in(keys, vectors, parts, &mut nudge_core::Hooks::noop())
     }
     fn moving_keys(&self) -> &[u64] {
         self.labelled_keys()
@@ -75,13 +75,22 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
     let mut rows = RowKeys::new(labels, corpus);
     let (mut moving, mut previously_moved) = (HashMap::new(), Vec::new());
     let mut dim = labels.dim;
-    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, &address_columns(corpus));
-    let pusher = exec::Pusher::start(pass, dim, |p: &mut P, keys, vectors| p.push(keys, vectors));
-    let (mut batch_keys, mut buf) = pusher.empty_buffers();
+    let partitions = labels.partitions.as_ref();
+    let part_col = 3 + address_width(corpus) as i32;
+    let extra = address_columns(corpus) + &partitions.map(|p| p.scan_column()).unwrap_or_default();
+    let scan = read::scan_sql(&corpus.id, &corpus.emb, &corpus.sql, &extra);
+    let pusher = exec::Pusher::start(pass, dim, |p: &mut P, keys, vectors, parts| p.push(keys, vectors, parts));
+    let mut batch = pusher.empty_buffers();
     read::for_each_row(&scan, |row| {
         let (rid, key) = rows.key(row);
+        if let Some(p) = partitions {
+            let value = row.text(part_col);
+            batch.2.push(p.id_of(value.as_deref()));
+            rows.note_partition(key, value);
+        }
+        let buf = &mut batch.1;
         let what = || format!("embedding of row {rid:?} in {}", corpus.sql);
-        push_embedding(row.datum(2), corpus.kind, &mut dim, &mut buf, &what);
+        push_embedding(row.datum(2), corpus.kind, &mut dim, buf, &what);
         let current = buf.len() - dim;
         // A row still holding what the last fit wrote starts from its original; a row
         // the application changed since starts from its new value.
@@ -108,15 +117,18 @@ pub fn local<P: CorpusPass>(corpus: &Corpus, labels: &Labels, pass: P, originals
         if corpus.addressing && moving_keys.contains(&key) {
             moving.insert(key, address(corpus, row, rid));
         }
-        batch_keys.push(key);
-        if pusher.push_if_full(&mut batch_keys, &mut buf) {
+        batch.0.push(key);
+        if pusher.push_if_full(&mut batch) {
             reporter.report("scanning corpus", rows.ordinal, total);
         }
     });
-    pusher.push(batch_keys, buf);
+    pusher.push(batch);
     reporter.report("scanning corpus", rows.ordinal, total);
     let pass = pusher.finish();
     rows.check_all_labelled_seen();
+    if let Some(p) = partitions {
+        super::partition::check_labels(p, labels, &rows.doc_parts, &corpus.sql);
+    }
     (pass, Addresses { moving, previously_moved })
 }
 
@@ -128,6 +140,15 @@ fn address_columns(corpus: &Corpus) -> String {
         (_, false) | (Placement::Citus { dist: None, .. } | Placement::View, _) => String::new(),
         (Placement::Local, true) => ", t.tableoid, t.ctid".into(),
         (Placement::Citus { dist: Some(d), .. }, true) => format!(", t.{}::pg_catalog.text", d.ident),
+    }
+}
+
+/// How many columns [`address_columns`] selects.
+fn address_width(corpus: &Corpus) -> usize {
+    match (&corpus.placement, corpus.writing) {
+        (_, false) | (Placement::Citus { dist: None, .. } | Placement::View, _) => 0,
+        (Placement::Local, true) => 2,
+        (Placement::Citus { dist: Some(_), .. }, true) => 1,
     }
 }
 
@@ -151,11 +172,21 @@ struct RowKeys<'a> {
     corpus: &'a Corpus,
     seen: Vec<bool>,
     ordinal: u64,
+    /// With `partition =>`: each labelled row's partition value.
+    doc_parts: Vec<Option<String>>,
 }
 
 impl<'a> RowKeys<'a> {
     fn new(labels: &'a Labels, corpus: &'a Corpus) -> Self {
-        RowKeys { labels, corpus, seen: vec![false; labels.keys.len()], ordinal: 0 }
+        let doc_parts = if labels.partitions.is_some() { vec![None; labels.keys.len()] } else { Vec::new() };
+        RowKeys { labels, corpus, seen: vec![false; labels.keys.len()], ordinal: 0, doc_parts }
+    }
+
+    /// Keeps a labelled row's partition value (for the label check).
+    fn note_partition(&mut self, key: u64, value: Option<String>) {
+        if let Some(slot) = self.doc_parts.get_mut(key as usize) {
+            *slot = value;
+        }
     }
 
     /// The row's id (text, column 1) and key.

@@ -25,11 +25,16 @@ use crate::shard::{self, Request};
 use crate::write::{At, RowAddr};
 
 pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &Labels, mut pass: P, originals: &Originals, reporter: &mut Reporter) -> (P, Addresses) {
+    let mut spec = pass.shard_spec();
+    if let Some(p) = &labels.partitions {
+        spec.partition_values = p.values.clone();
+    }
     let request = Request {
-        spec: pass.shard_spec(),
+        spec,
         labelled: labels.keys.clone(),
         originals: originals.iter().map(|(id, o)| (id.clone(), (o.written, o.original.clone()))).collect(),
         writing: corpus.addressing,
+        partition_column: labels.partitions.as_ref().map(|p| p.column.name.clone()),
     };
     let dist = match &corpus.placement {
         Placement::Citus { dist: Some(d), .. } => quote_literal(&d.name),
@@ -44,6 +49,8 @@ pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &La
     );
     let id_of: HashMap<u64, &str> = labels.keys.iter().map(|(d, k)| (*k, d.as_str())).collect();
     let mut seen = vec![false; labels.keys.len()];
+    // a partitioned pass: each labelled row's partition value, for the label check
+    let mut doc_parts: Vec<Option<String>> = vec![None; if labels.partitions.is_some() { labels.keys.len() } else { 0 }];
     let mut addresses = Addresses { moving: HashMap::new(), previously_moved: Vec::new() };
     let (mut workers, mut reply_bytes) = (0u64, 0u64);
     reporter.report("scanning corpus on the workers", 0, None);
@@ -51,10 +58,17 @@ pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &La
         reply_bytes += bytes.len() as u64;
         let reply = shard::parse_reply(&bytes).unwrap_or_else(|m| citus::malformed(node, &corpus.sql, &m));
         let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
+        if !doc_parts.is_empty() && reply.labelled_parts.len() != reply.labelled_seen.len() {
+            citus::malformed(node, &corpus.sql, "labelled rows without their partitions");
+        }
+        let mut values = reply.labelled_parts.into_iter();
         for k in reply.labelled_seen {
             let Some(s) = seen.get_mut(k as usize) else { citus::malformed(node, &corpus.sql, "unknown labelled key") };
             if std::mem::replace(s, true) {
                 duplicate(corpus, id_of.get(&k).copied().unwrap_or_default());
+            }
+            if let Some(slot) = doc_parts.get_mut(k as usize) {
+                *slot = values.next().flatten();
             }
         }
         for (key, id, dist, from_original) in reply.rows {
@@ -73,6 +87,9 @@ pub fn pass<P: CorpusPass>(e: &crate::catalog::Ext, corpus: &Corpus, labels: &La
     debug1!("nudge_fit: {workers} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
     if let Some(k) = seen.iter().position(|s| !s) {
         super::inputs::unknown_label(corpus, id_of[&(k as u64)], &labels.keys);
+    }
+    if let Some(p) = &labels.partitions {
+        super::partition::check_labels(p, labels, &doc_parts, &corpus.sql);
     }
     (pass, addresses)
 }

@@ -27,6 +27,8 @@ pub struct Done<'a> {
     /// applied, staged, dry_run or rejected (by the guard).
     pub status: &'a str,
     pub guard: Option<super::guard::Verdict>,
+    /// With `gamma_per_partition`: each partition's gamma (JSON).
+    pub partition_gammas: Option<&'a str>,
 }
 
 /// The fit's row, written as the extension's owner (user roles cannot write the catalog);
@@ -41,11 +43,11 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
              negative_rule, gamma, train_queries, validation_query_count, records_moving, records_changed,
              rows_written, validation_before, validation_after, curve, seconds, status, refit_of, folds,
              update_from, rows_skipped, lock, created_by, guard_queries, guard_qrels, guard_metric, guard_tolerance,
-             guard_before, guard_after)
+             guard_before, guard_after, partition, partition_gammas)
          VALUES ($26, $1::pg_catalog.regclass, $2, $3, $4, $5, $6::pg_catalog.regclass, $7::pg_catalog.regclass,
              $8::pg_catalog.regclass, $9::pg_catalog.regclass, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
              $21, $22, $23, $24::pg_catalog.jsonb, $27, $25, $28, $29, $30, $31, $32, $33::pg_catalog.name,
-             $34::pg_catalog.regclass, $35::pg_catalog.regclass, $36, $37, $38, $39)",
+             $34::pg_catalog.regclass, $35::pg_catalog.regclass, $36, $37, $38, $39, $40, $41::pg_catalog.jsonb)",
         &[
             a.corpus.into(),
             a.id_column.into(),
@@ -90,6 +92,8 @@ pub fn insert(e: &Ext, a: &FitArgs, d: &Done) {
             a.guard.as_ref().map(|g| g.tolerance).into(),
             d.guard.map(|v| v.before).into(),
             d.guard.map(|v| v.after).into(),
+            a.partition.into(),
+            d.partition_gammas.into(),
         ],
     ))
     .or_raise();

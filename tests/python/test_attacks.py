@@ -301,15 +301,15 @@ def u64(x):
 
 
 def spec(dim, k=0, nq=0, nm=0, rest=b""):
-    return b"NDGS\x01" + u64(dim) + u64(k) + u64(nq) + u64(nm) + rest
+    return b"NDGS\x02" + u64(dim) + u64(k) + u64(nq) + u64(nm) + rest + u64(0) * 2  # no partitions
 
 
 def pass_request(spec_bytes, tail=None):
-    return b"NDGQ\x01" + u64(len(spec_bytes)) + spec_bytes + (tail if tail is not None else u64(0) * 3)
+    return b"NDGQ\x02" + u64(len(spec_bytes)) + spec_bytes + (tail if tail is not None else u64(0) * 4)
 
 
 def topk_request(k, dim, floats):
-    return (b"NDGK\x01" + u64(k) + u64(6) + b"cosine" + u64(dim) + u64(len(floats) // 4) + floats + u64(0))
+    return (b"NDGK\x02" + u64(k) + u64(6) + b"cosine" + u64(dim) + u64(len(floats) // 4) + floats + u64(0))
 
 
 def reply_state(b):
@@ -317,10 +317,10 @@ def reply_state(b):
     if b is None:
         return None
     b = bytes(b)
-    if b[:6] == b"NDGR\x01E" and len(b) >= 14:
+    if b[:6] == b"NDGR\x02E" and len(b) >= 14:
         code = int.from_bytes(b[6:14], "little")
         return "".join(chr(((code >> (6 * i)) & 63) + 48) for i in range(5))
-    if b[:6] == b"NDGR\x01O":
+    if b[:6] == b"NDGR\x02O":
         return "ok"
     return "not a reply"
 

@@ -40,11 +40,13 @@ use rayon::prelude::*;
 use crate::error::{invalid, mismatch, NudgeError, Result};
 use crate::exec::{install, threads, Hooks};
 use crate::gradient::{MovingSet, Qrel};
-use crate::knn::{row_norms2, Engine, Mode};
+use crate::batch::check_batch;
+use crate::knn::{check_query_parts, check_row_parts, row_norms2, Engine, Mode, NO_PARTITION};
 use crate::la::abt_into;
 use crate::metrics::{better_first, Judged, Metric};
 use crate::nudge::{apply, check_gamma, nudge_n_angle, row_geom, Geom, Method, NegativeRule};
 use crate::partial::{Partial, ShardSpec};
+use crate::per_partition::{apply_by_partition, choose as choose_per_partition, mean_after, PartitionGamma};
 
 /// How `gamma` is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +100,9 @@ pub struct FitOutcome {
     /// `(gamma, validation metric)` pairs evaluated, for diagnostics (for NUDGE-M `Parity`:
     /// the top-1 accuracy of the interval sweep just right of each end point).
     pub curve: Vec<(f64, f64)>,
+    /// With one gamma per partition: each evaluated partition's (else empty); `gamma` is then
+    /// the joint one, used by the other partitions.
+    pub partition_gammas: Vec<PartitionGamma>,
 }
 
 /// Work for one validation query: (query index, `q . d^` row, `q . dir` row).
@@ -131,8 +136,32 @@ pub struct FitPass {
     judged: Vec<Judged>,
     metric: Option<Metric>,
     engine: Option<Engine>,
+    /// Rows of the validation query matrix given to `new`.
+    n_val: usize,
+    /// A partitioned pass (see [`FitPass::partitioned`]): per evaluated query its partition,
+    /// and per moving record the partition its row had in the pass.
+    parts: Option<Partitions>,
+    /// One gamma per partition with at least this many evaluated queries.
+    per_partition: Option<usize>,
     rows_seen: u64,
     prepared: OnceLock<std::result::Result<Arc<Prepared>, NudgeError>>,
+}
+
+/// The partitions of a partitioned pass.
+#[derive(Debug, Clone)]
+pub(crate) struct Partitions {
+    /// Per evaluated validation query.
+    pub query: Vec<u32>,
+    /// Per moving record ([`NO_PARTITION`] until its row is seen).
+    pub moving: Vec<u32>,
+}
+
+impl Partitions {
+    /// Whether moving record `j` is in evaluated query `e`'s partition.
+    #[inline]
+    fn same(&self, e: usize, j: usize) -> bool {
+        self.query[e] == self.moving[j]
+    }
 }
 
 pub(crate) const GRID_POINTS: usize = 1001;
@@ -149,99 +178,11 @@ impl FitPass {
         val_qrels: Vec<Qrel>,
         config: FitConfig,
     ) -> Result<Self> {
-        if moving.keys.is_empty() {
-            return Err(NudgeError::Empty {
-                what: "moving records".into(),
-            });
-        }
-        if moving.g.nrows() != moving.keys.len() {
-            return Err(mismatch(
-                "numbers of moving keys and gradient rows",
-                moving.keys.len(),
-                moving.g.nrows(),
-            ));
-        }
-        if moving.keys.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(invalid(
-                "moving",
-                "keys must be sorted ascending and unique",
-            ));
-        }
-        let dim = moving.g.ncols();
-        if dim == 0 {
-            return Err(invalid(
-                "moving",
-                "gradients must have at least one dimension",
-            ));
-        }
-        for (i, row) in moving.g.outer_iter().enumerate() {
-            if row.iter().any(|x| !x.is_finite()) {
-                return Err(NudgeError::NonFinite {
-                    what: "gradients".into(),
-                    index: i,
-                });
-            }
-        }
+        let dim = check_moving(&moving)?;
         let nv = val_queries.nrows();
-        if nv > 0 && val_queries.ncols() != dim {
-            return Err(mismatch(
-                "validation query dimensions",
-                dim,
-                val_queries.ncols(),
-            ));
-        }
-        row_norms2(val_queries.view()).map_err(|i| NudgeError::NonFinite {
-            what: "validation queries".into(),
-            index: i,
-        })?;
-        let mut per_query: Vec<Vec<(u64, f64)>> = vec![Vec::new(); nv];
-        for (i, q) in val_qrels.iter().enumerate() {
-            if (q.query as usize) >= nv {
-                return Err(invalid(
-                    "validation qrels",
-                    format!(
-                        "query row {} is out of range (there are {nv} validation queries)",
-                        q.query
-                    ),
-                ));
-            }
-            if !q.grade.is_finite() {
-                return Err(NudgeError::NonFinite {
-                    what: "validation qrel grades".into(),
-                    index: i,
-                });
-            }
-            per_query[q.query as usize].push((q.record, q.grade));
-        }
-        let mut rows = Vec::new();
-        let mut judged = Vec::new();
-        for (i, rel) in per_query.iter().enumerate() {
-            let j = Judged::new(rel);
-            if j.n_rel > 0 {
-                rows.push(i);
-                judged.push(j);
-            }
-        }
-        let metric = match config.selection {
-            Selection::Fixed(g) => {
-                check_gamma(config.method, g)?;
-                if rows.is_empty() {
-                    None
-                } else {
-                    Some(Metric::Ndcg(10))
-                }
-            }
-            Selection::Parity => Some(Metric::Top1),
-            Selection::Best(m) => {
-                m.validate()?;
-                Some(m)
-            }
-        };
-        if rows.is_empty() && !matches!(config.selection, Selection::Fixed(_)) {
-            return Err(NudgeError::Empty {
-                what: "validation queries with a relevant record".into(),
-            });
-        }
+        check_val_queries(val_queries.view(), dim)?;
+        let (rows, judged) = judge(&val_qrels, nv)?;
+        let metric = selection_metric(&config, !rows.is_empty())?;
         let eval_q = val_queries.select(Axis(0), &rows);
         let engine = metric
             .filter(|_| !rows.is_empty())
@@ -259,9 +200,69 @@ impl FitPass {
             judged,
             metric,
             engine,
+            n_val: nv,
+            parts: None,
+            per_partition: None,
             rows_seen: 0,
             prepared: OnceLock::new(),
         })
+    }
+
+    /// Makes the pass partitioned: every validation query ranks only the corpus rows of its
+    /// partition (`val_parts[i]` is row `i`'s of the validation query matrix; any id but
+    /// [`NO_PARTITION`]), statics and moving records alike; rows are then pushed with their
+    /// partitions ([`push_batch_in`](Self::push_batch_in)). Validation metrics stay means over
+    /// all evaluated queries. Call before the first row.
+    pub fn partitioned(mut self, val_parts: Vec<u32>) -> Result<Self> {
+        self.set_partitions(&val_parts)?;
+        Ok(self)
+    }
+
+    /// [`partitioned`](Self::partitioned) in place.
+    pub(crate) fn set_partitions(&mut self, val_parts: &[u32]) -> Result<()> {
+        check_query_parts(val_parts, self.n_val)?;
+        if self.rows_seen > 0 {
+            return Err(invalid("partitions", "set before the first batch"));
+        }
+        let query: Vec<u32> = self.eval_rows.iter().map(|&r| val_parts[r]).collect();
+        if let Some(e) = self.engine.as_mut() {
+            e.set_query_parts(query.clone());
+        }
+        self.parts = Some(Partitions {
+            query,
+            moving: vec![NO_PARTITION; self.moving.keys.len()],
+        });
+        Ok(())
+    }
+
+    /// One gamma per partition (see [`crate::per_partition`]): a partition with at least
+    /// `min_queries` evaluated queries gets the best gamma of its own curve, the others the
+    /// joint one. Needs a [`partitioned`](Self::partitioned) pass and [`Selection::Best`].
+    pub fn gamma_per_partition(mut self, min_queries: usize) -> Result<Self> {
+        if self.parts.is_none() {
+            return Err(invalid("gamma_per_partition", "needs a partitioned pass"));
+        }
+        if !matches!(self.config.selection, Selection::Best(_)) {
+            return Err(invalid("gamma_per_partition", "needs Selection::Best (a gamma search)"));
+        }
+        self.per_partition = Some(min_queries.max(1));
+        Ok(self)
+    }
+
+    /// Per evaluated query, its partition (a partitioned pass).
+    pub(crate) fn query_partitions(&self) -> Option<&[u32]> {
+        self.parts.as_ref().map(|p| p.query.as_slice())
+    }
+
+    /// Whether the pass is partitioned.
+    pub fn is_partitioned(&self) -> bool {
+        self.parts.is_some()
+    }
+
+    /// Per moving record (as [`moving_keys`](Self::moving_keys)), the partition its row had
+    /// (None unless partitioned; [`NO_PARTITION`] for a record not seen yet).
+    pub fn moving_partitions(&self) -> Option<&[u32]> {
+        self.parts.as_ref().map(|p| p.moving.as_slice())
     }
 
     /// The metric that validation values measure (see [`FitOutcome::metric`]).
@@ -299,6 +300,20 @@ impl FitPass {
         vectors: ArrayView2<f32>,
         hooks: &mut Hooks,
     ) -> Result<()> {
+        self.push_batch_in(keys, vectors, None, hooks)
+    }
+
+    /// [`push_batch`](Self::push_batch) with each row's partition (`parts[j]`; required by a
+    /// [`partitioned`](Self::partitioned) pass, refused otherwise). A row of a partition no
+    /// validation query has (e.g. [`NO_PARTITION`]) ranks for none.
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        check_row_parts(parts, self.parts.is_some(), keys.len())?;
         let (norms2, hits, skip) = check_batch(
             &self.moving.keys,
             &self.seen,
@@ -310,6 +325,9 @@ impl FitPass {
         for &(row, p) in &hits {
             self.original.row_mut(p).assign(&vectors.row(row));
             self.seen[p] = true;
+            if let (Some(pp), Some(rp)) = (self.parts.as_mut(), parts) {
+                pp.moving[p] = rp[row];
+            }
         }
         self.n_seen += hits.len();
         self.prepared = OnceLock::new();
@@ -320,6 +338,7 @@ impl FitPass {
                 vectors,
                 &norms2,
                 Some(&skip),
+                parts,
                 hooks,
                 "scanning corpus",
             )?,
@@ -334,11 +353,18 @@ impl FitPass {
             Some(e) => (Some(e.k()), self.eval_q.clone()),
             None => (None, Array2::zeros((0, self.dim))),
         };
+        // (a pass without static search needs no query partitions)
+        let query_parts = match (&self.parts, &self.engine) {
+            (Some(p), Some(_)) => Some(p.query.clone()),
+            _ => None,
+        };
         ShardSpec {
             dim: self.dim,
             k,
             queries,
             moving_keys: self.moving.keys.clone(),
+            query_parts,
+            partition_values: Vec::new(),
         }
     }
 
@@ -378,6 +404,16 @@ impl FitPass {
                 }
             }
         }
+        if self.parts.is_some() && p.moving_parts.len() != p.moving.len() {
+            return Err(mismatch(
+                "partial moving records' partitions",
+                p.moving.len(),
+                p.moving_parts.len(),
+            ));
+        }
+        if self.parts.is_none() && !p.moving_parts.is_empty() {
+            return Err(invalid("partial", "partitions given to a pass without partitions"));
+        }
         let mut pos = Vec::with_capacity(p.moving.len());
         let mut taken = vec![false; self.seen.len()];
         for (i, (key, v)) in p.moving.iter().enumerate() {
@@ -411,12 +447,15 @@ impl FitPass {
             taken[at] = true;
             pos.push(at);
         }
-        for ((_, v), at) in p.moving.into_iter().zip(pos) {
+        for (i, ((_, v), at)) in p.moving.into_iter().zip(pos).enumerate() {
             self.original
                 .row_mut(at)
                 .assign(&ndarray::ArrayView1::from(&v));
             self.seen[at] = true;
             self.n_seen += 1;
+            if let Some(pp) = self.parts.as_mut() {
+                pp.moving[at] = p.moving_parts[i];
+            }
         }
         if let Some(e) = self.engine.as_mut() {
             for (q, list) in p.statics.into_iter().enumerate() {
@@ -565,157 +604,202 @@ impl FitPass {
         metric: Metric,
         hooks: &mut Hooks,
     ) -> Result<Vec<f64>> {
+        let sums = self.eval_sums(prep, gammas, metric, None, hooks)?;
+        let n = self.judged.len().max(1) as f64;
+        Ok(sums[0].iter().map(|s| s / n).collect())
+    }
+
+    /// Per group of evaluated queries (`group[e]`, below `n_groups`; one group of all without
+    /// it) the sum of `metric` over its queries at each of `gammas` (ascending).
+    pub(crate) fn eval_sums(
+        &self,
+        prep: &Prepared,
+        gammas: &[f64],
+        metric: Metric,
+        group: Option<(&[usize], usize)>,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Vec<f64>>> {
         debug_assert!(
             gammas.windows(2).all(|w| w[0] <= w[1]),
             "gammas must be ascending"
         );
+        let n_groups = group.map_or(1, |g| g.1);
+        let mut sums = vec![vec![0f64; gammas.len()]; n_groups];
         if gammas.is_empty() || self.judged.is_empty() {
-            return Ok(vec![0.0; gammas.len()]);
+            return Ok(sums);
         }
-        let k = metric.k();
-        let method = self.config.method;
-        let gmax = gammas.iter().cloned().fold(0.0, f64::max);
-        let angles: Vec<(f64, f64)> = gammas.iter().map(|&g| nudge_n_angle(g)).collect();
-        let keys = &self.moving.keys;
-        let per_query = |e: usize, a: &[f32], b: &[f32]| -> Vec<f64> {
-            let st = &prep.statics[e];
-            let sk = if st.len() >= k {
-                st[k - 1].0 as f64
-            } else {
-                f64::NEG_INFINITY
-            };
-            // candidates: (a, b, geom index)
-            let mut cand: Vec<(f64, f64, usize)> = Vec::new();
-            for j in 0..a.len() {
-                let (aj, bj) = (a[j] as f64, b[j] as f64);
-                let ub = match (prep.geoms[j], method) {
-                    (Geom::Fixed, _) => aj,
-                    (Geom::Moves { .. }, Method::NudgeN) => (aj * aj + bj * bj).sqrt().max(aj),
-                    (Geom::Moves { .. }, Method::NudgeM) => aj + gmax * bj.max(0.0),
-                };
-                // (slack: rounding of the bound, and NUDGE-N's shared q.g of identical G rows)
-                if ub + 1e-6 * (ub.abs() + 1.0) >= sk {
-                    cand.push((aj, bj, j));
-                }
-            }
-            let statics: Vec<(f64, u64)> =
-                st.iter().take(k).map(|&(s, key)| (s as f64, key)).collect();
-            let judged = &self.judged[e];
-            let mut scored: Vec<(f64, u64)> = Vec::with_capacity(cand.len());
-            // (k may be far larger than anything ranked: never reserve more than can be ranked)
-            let mut ranked: Vec<u64> = Vec::with_capacity(k.min(cand.len() + statics.len()));
-            let mut out = Vec::with_capacity(gammas.len());
-            // top k of the moving scores in `scored` merged with the static list -> metric
-            let mut finish_gamma = |scored: &mut Vec<(f64, u64)>| -> f64 {
-                let cmp = |x: &(f64, u64), y: &(f64, u64)| better_first(*x, *y);
-                if scored.len() > k {
-                    scored.select_nth_unstable_by(k - 1, cmp);
-                    scored.truncate(k);
-                }
-                scored.sort_by(cmp);
-                let (mut i, mut j) = (0, 0);
-                ranked.clear();
-                while ranked.len() < k && (i < scored.len() || j < statics.len()) {
-                    let take_moving = j >= statics.len()
-                        || (i < scored.len()
-                            && better_first(scored[i], statics[j]) != std::cmp::Ordering::Greater);
-                    if take_moving {
-                        ranked.push(scored[i].1);
-                        i += 1;
-                    } else {
-                        ranked.push(statics[j].1);
-                        j += 1;
-                    }
-                }
-                judged.value_ranked(metric, ranked.iter().copied())
-            };
-            if method == Method::NudgeM {
-                // Lines a + gamma c: each candidate is at or above the k-th static score on one
-                // run of grid indices (widened by one for rounding; the exact test is below).
-                let p = gammas.len();
-                let mut items: Vec<(usize, usize, f64, f64, u64)> = Vec::with_capacity(cand.len());
-                for &(aj, bj, j) in &cand {
-                    let c = match prep.geoms[j] {
-                        Geom::Fixed => 0.0,
-                        Geom::Moves { .. } => bj,
-                    };
-                    let (i0, i1) = if !sk.is_finite() {
-                        (0, p - 1)
-                    } else if c > 0.0 {
-                        let t = (sk - aj) / c;
-                        (gammas.partition_point(|&g| g < t).saturating_sub(1), p - 1)
-                    } else if c < 0.0 {
-                        let t = (sk - aj) / c;
-                        (0, gammas.partition_point(|&g| g <= t).min(p - 1))
-                    } else if aj >= sk {
-                        (0, p - 1)
-                    } else {
-                        continue;
-                    };
-                    if i0 <= i1 && i0 < p {
-                        items.push((i0, i1, aj, c, keys[j]));
-                    }
-                }
-                items.sort_by_key(|it| it.0);
-                let mut active: Vec<(usize, f64, f64, u64)> = Vec::new();
-                let mut next = 0;
-                for (gi, &gamma) in gammas.iter().enumerate() {
-                    while next < items.len() && items[next].0 <= gi {
-                        let it = items[next];
-                        active.push((it.1, it.2, it.3, it.4));
-                        next += 1;
-                    }
-                    active.retain(|it| it.0 >= gi);
-                    scored.clear();
-                    for &(_, aj, c, key) in &active {
-                        let s = if gamma == 0.0 { aj } else { aj + gamma * c };
-                        if s >= sk {
-                            scored.push((s, key));
-                        }
-                    }
-                    out.push(finish_gamma(&mut scored));
-                }
-                return out;
-            }
-            for (gi, &gamma) in gammas.iter().enumerate() {
-                scored.clear();
-                let (cp, sp) = angles[gi];
-                for &(aj, bj, j) in &cand {
-                    let s = match prep.geoms[j] {
-                        _ if gamma == 0.0 => aj,
-                        Geom::Fixed => aj,
-                        Geom::Moves { cos_t, sin_t } => {
-                            if cos_t >= cp {
-                                // x = g: q.g through the group's representative
-                                let r = prep.rep[j];
-                                match prep.geoms[r] {
-                                    Geom::Moves { cos_t, sin_t } => {
-                                        a[r] as f64 * cos_t + b[r] as f64 * sin_t
-                                    }
-                                    Geom::Fixed => aj * cos_t + bj * sin_t,
-                                }
-                            } else {
-                                aj * cp + bj * sp
-                            }
-                        }
-                    };
-                    // below the k-th static score it cannot reach the top k
-                    if s >= sk {
-                        scored.push((s, keys[j]));
-                    }
-                }
-                out.push(finish_gamma(&mut scored));
-            }
-            out
+        let grid = Grid {
+            gammas,
+            angles: gammas.iter().map(|&g| nudge_n_angle(g)).collect(),
+            gmax: gammas.iter().cloned().fold(0.0, f64::max),
+            metric,
         };
-        let mut sums = vec![0f64; gammas.len()];
-        self.run_queries(prep, hooks, &per_query, &mut |v: Vec<f64>| {
-            for (s, x) in sums.iter_mut().zip(v) {
+        let per_query = |e: usize, a: &[f32], b: &[f32]| -> (usize, Vec<f64>) {
+            let g = group.map_or(0, |g| g.0[e]);
+            (g, self.query_curve(prep, &grid, e, a, b))
+        };
+        self.run_queries(prep, hooks, &per_query, &mut |(g, v): (usize, Vec<f64>)| {
+            for (s, x) in sums[g].iter_mut().zip(v) {
                 *s += x;
             }
         })?;
-        let n = self.judged.len().max(1) as f64;
-        Ok(sums.into_iter().map(|s| s / n).collect())
+        Ok(sums)
+    }
+
+    /// One evaluated query's metric at every gamma of `grid` (`a = q . d^`, `b = q . dir` of
+    /// every moving record).
+    fn query_curve(&self, prep: &Prepared, grid: &Grid, e: usize, a: &[f32], b: &[f32]) -> Vec<f64> {
+        let k = grid.metric.k();
+        let st = &prep.statics[e];
+        let sk = if st.len() >= k {
+            st[k - 1].0 as f64
+        } else {
+            f64::NEG_INFINITY
+        };
+        let cand = self.candidates(prep, e, a, b, sk, grid.gmax);
+        let mut ranker = Ranker::new(st, k, cand.len(), &self.judged[e], grid.metric);
+        match self.config.method {
+            Method::NudgeM => self.curve_m(prep, grid, &cand, sk, &mut ranker),
+            Method::NudgeN => self.curve_n(prep, grid, &cand, a, b, sk, &mut ranker),
+        }
+    }
+
+    /// The moving records of query `e`'s partition that can reach its top k somewhere on the
+    /// searched range: `(a, b, moving index)`.
+    fn candidates(
+        &self,
+        prep: &Prepared,
+        e: usize,
+        a: &[f32],
+        b: &[f32],
+        sk: f64,
+        gmax: f64,
+    ) -> Vec<(f64, f64, usize)> {
+        let mut cand = Vec::new();
+        for j in 0..a.len() {
+            if self.parts.as_ref().is_some_and(|p| !p.same(e, j)) {
+                continue;
+            }
+            let (aj, bj) = (a[j] as f64, b[j] as f64);
+            let ub = match (prep.geoms[j], self.config.method) {
+                (Geom::Fixed, _) => aj,
+                (Geom::Moves { .. }, Method::NudgeN) => (aj * aj + bj * bj).sqrt().max(aj),
+                (Geom::Moves { .. }, Method::NudgeM) => aj + gmax * bj.max(0.0),
+            };
+            // (slack: rounding of the bound, and NUDGE-N's shared q.g of identical G rows)
+            if ub + 1e-6 * (ub.abs() + 1.0) >= sk {
+                cand.push((aj, bj, j));
+            }
+        }
+        cand
+    }
+
+    /// NUDGE-M: lines `a + gamma c`; each candidate is at or above the k-th static score on one
+    /// run of grid indices (widened by one for rounding; the exact test is per gamma).
+    fn curve_m(
+        &self,
+        prep: &Prepared,
+        grid: &Grid,
+        cand: &[(f64, f64, usize)],
+        sk: f64,
+        ranker: &mut Ranker,
+    ) -> Vec<f64> {
+        let gammas = grid.gammas;
+        let p = gammas.len();
+        let keys = &self.moving.keys;
+        let mut items: Vec<(usize, usize, f64, f64, u64)> = Vec::with_capacity(cand.len());
+        for &(aj, bj, j) in cand {
+            let c = match prep.geoms[j] {
+                Geom::Fixed => 0.0,
+                Geom::Moves { .. } => bj,
+            };
+            let (i0, i1) = if !sk.is_finite() {
+                (0, p - 1)
+            } else if c > 0.0 {
+                let t = (sk - aj) / c;
+                (gammas.partition_point(|&g| g < t).saturating_sub(1), p - 1)
+            } else if c < 0.0 {
+                let t = (sk - aj) / c;
+                (0, gammas.partition_point(|&g| g <= t).min(p - 1))
+            } else if aj >= sk {
+                (0, p - 1)
+            } else {
+                continue;
+            };
+            if i0 <= i1 && i0 < p {
+                items.push((i0, i1, aj, c, keys[j]));
+            }
+        }
+        items.sort_by_key(|it| it.0);
+        let mut active: Vec<(usize, f64, f64, u64)> = Vec::new();
+        let mut scored: Vec<(f64, u64)> = Vec::with_capacity(cand.len());
+        let mut out = Vec::with_capacity(p);
+        let mut next = 0;
+        for (gi, &gamma) in gammas.iter().enumerate() {
+            while next < items.len() && items[next].0 <= gi {
+                let it = items[next];
+                active.push((it.1, it.2, it.3, it.4));
+                next += 1;
+            }
+            active.retain(|it| it.0 >= gi);
+            scored.clear();
+            for &(_, aj, c, key) in &active {
+                let s = if gamma == 0.0 { aj } else { aj + gamma * c };
+                if s >= sk {
+                    scored.push((s, key));
+                }
+            }
+            out.push(ranker.value(&mut scored));
+        }
+        out
+    }
+
+    /// NUDGE-N: `a cos(psi) + b sin(psi)`, records whose angle is reached at `x = g` scored
+    /// through their group's representative.
+    #[allow(clippy::too_many_arguments)]
+    fn curve_n(
+        &self,
+        prep: &Prepared,
+        grid: &Grid,
+        cand: &[(f64, f64, usize)],
+        a: &[f32],
+        b: &[f32],
+        sk: f64,
+        ranker: &mut Ranker,
+    ) -> Vec<f64> {
+        let keys = &self.moving.keys;
+        let mut scored: Vec<(f64, u64)> = Vec::with_capacity(cand.len());
+        let mut out = Vec::with_capacity(grid.gammas.len());
+        for (gi, &gamma) in grid.gammas.iter().enumerate() {
+            scored.clear();
+            let (cp, sp) = grid.angles[gi];
+            for &(aj, bj, j) in cand {
+                let s = match prep.geoms[j] {
+                    _ if gamma == 0.0 => aj,
+                    Geom::Fixed => aj,
+                    Geom::Moves { cos_t, sin_t } => {
+                        if cos_t >= cp {
+                            // x = g: q.g through the group's representative
+                            let r = prep.rep[j];
+                            match prep.geoms[r] {
+                                Geom::Moves { cos_t, sin_t } => {
+                                    a[r] as f64 * cos_t + b[r] as f64 * sin_t
+                                }
+                                Geom::Fixed => aj * cos_t + bj * sin_t,
+                            }
+                        } else {
+                            aj * cp + bj * sp
+                        }
+                    }
+                };
+                // below the k-th static score it cannot reach the top k
+                if s >= sk {
+                    scored.push((s, keys[j]));
+                }
+            }
+            out.push(ranker.value(&mut scored));
+        }
+        out
     }
 
     /// NUDGE-M parity: per (query, relevant record) the interval of gamma >= 0 where that record
@@ -732,9 +816,10 @@ impl FitPass {
                 }
             };
             let static_top = st.first().map(|&(s, key)| (s as f64, key));
+            let own = |j: usize| self.parts.as_ref().is_none_or(|p| p.same(e, j));
             let mut answers: Vec<(f64, f64, Option<usize>)> = Vec::new();
             for (key, _) in judged.relevant() {
-                if let Some(p) = self.moving.position(key) {
+                if let Some(p) = self.moving.position(key).filter(|&p| own(p)) {
                     let (ax, cx) = line(p);
                     answers.push((ax, cx, Some(p)));
                 } else if let Some((s1, k1)) = static_top {
@@ -761,7 +846,7 @@ impl FitPass {
                     }
                 };
                 for j in 0..m {
-                    if who == Some(j) {
+                    if who == Some(j) || !own(j) {
                         continue;
                     }
                     let (ay, cy) = line(j);
@@ -810,6 +895,7 @@ impl FitPass {
         Ok(PassParts {
             k: self.engine.as_ref().map_or(0, |e| e.k()),
             statics,
+            moving_parts: self.parts.map(|p| p.moving),
             moving: self.moving,
             original: self.original,
             rows_seen: self.rows_seen,
@@ -834,96 +920,152 @@ impl FitPass {
         Ok(self.eval_grid(&prep, &[gamma], metric, &mut Hooks::noop())?[0])
     }
 
-    /// Chooses gamma (see the module doc) and applies the method at it.
+    /// Chooses gamma (see the module doc) and applies the method at it (with
+    /// [`gamma_per_partition`](Self::gamma_per_partition): each record at its partition's).
     pub fn finish(self, hooks: &mut Hooks) -> Result<FitOutcome> {
         hooks.check()?;
         let prep = install(hooks.pool, || self.prepare())?;
-        let method = self.config.method;
         let has_val = !self.judged.is_empty();
-        let (gamma, before, after, curve) = match (self.config.selection, self.metric) {
-            (Selection::Fixed(g), Some(m)) if has_val => {
-                let v = self.eval_grid(&prep, &[0.0, g], m, hooks)?;
-                (g, Some(v[0]), Some(v[1]), vec![(0.0, v[0]), (g, v[1])])
+        let choice = self.choose(&prep, hooks)?;
+        let n = self.moving.keys.len() as u64;
+        hooks.check()?;
+        hooks.report("applying gamma", 0, Some(n));
+        let (method, rule) = (self.config.method, self.config.negative_rule);
+        let (d, g) = (self.original.view(), self.moving.g.view());
+        let (vectors, changed) = install(hooks.pool, || match (&self.parts, choice.by_partition.is_empty()) {
+            (Some(p), false) => {
+                apply_by_partition(method, d, g, rule, &p.moving, &choice.by_partition, choice.gamma)
             }
-            (Selection::Fixed(g), _) => (g, None, None, Vec::new()),
-            (Selection::Parity, _) if method == Method::NudgeN => {
+            _ => apply(method, choice.gamma, d, g, rule),
+        })?;
+        hooks.report("applying gamma", n, Some(n));
+        let metric = if has_val { self.metric } else { None };
+        Ok(FitOutcome {
+            gamma: choice.gamma,
+            validation_before: choice.before,
+            validation_after: choice.after,
+            metric,
+            keys: self.moving.keys,
+            original: self.original,
+            vectors,
+            changed,
+            curve: choice.curve,
+            partition_gammas: choice.by_partition,
+        })
+    }
+
+    /// Gamma by the configured selection, the validation values and the curve.
+    fn choose(&self, prep: &Prepared, hooks: &mut Hooks) -> Result<Choice> {
+        let has_val = !self.judged.is_empty();
+        let plain = |gamma, before, after, curve| Choice { gamma, before, after, curve, by_partition: Vec::new() };
+        Ok(match (self.config.selection, self.metric) {
+            (Selection::Fixed(g), Some(m)) if has_val => {
+                let v = self.eval_grid(prep, &[0.0, g], m, hooks)?;
+                plain(g, Some(v[0]), Some(v[1]), vec![(0.0, v[0]), (g, v[1])])
+            }
+            (Selection::Fixed(g), _) => plain(g, None, None, Vec::new()),
+            (Selection::Parity, _) if self.config.method == Method::NudgeN => {
                 let grid: Vec<f64> = (0..25).map(|i| 0.02 * i as f64).collect();
-                let v = self.eval_grid(&prep, &grid, Metric::Top1, hooks)?;
+                let v = self.eval_grid(prep, &grid, Metric::Top1, hooks)?;
                 let mut best = 0;
                 for (i, &x) in v.iter().enumerate() {
                     if x > v[best] {
                         best = i;
                     }
                 }
-                (
-                    grid[best],
-                    Some(v[0]),
-                    Some(v[best]),
-                    grid.into_iter().zip(v).collect(),
-                )
+                plain(grid[best], Some(v[0]), Some(v[best]), grid.into_iter().zip(v).collect())
             }
             (Selection::Parity, _) => {
-                let (g, curve) = self.parity_m(&prep, hooks)?;
-                let v = self.eval_grid(&prep, &[0.0, g], Metric::Top1, hooks)?;
-                (g, Some(v[0]), Some(v[1]), curve)
+                let (g, curve) = self.parity_m(prep, hooks)?;
+                let v = self.eval_grid(prep, &[0.0, g], Metric::Top1, hooks)?;
+                plain(g, Some(v[0]), Some(v[1]), curve)
             }
-            (Selection::Best(m), _) => {
-                let mut hi = match (method, self.config.negative_rule) {
-                    (Method::NudgeN, NegativeRule::Skip) => 2.0,
-                    (Method::NudgeN, NegativeRule::Move) => 4.0,
-                    (Method::NudgeM, _) => M_RANGE_START,
-                };
-                loop {
-                    let points = if method == Method::NudgeN {
-                        (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
-                    } else {
-                        GRID_POINTS
-                    };
-                    let grid: Vec<f64> = (0..points)
-                        .map(|i| hi * i as f64 / (points - 1) as f64)
-                        .collect();
-                    let v = self.eval_grid(&prep, &grid, m, hooks)?;
-                    let (s, e) = widest_best_run(&v);
-                    if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
-                        hi *= 2.0;
-                        continue;
-                    }
-                    let mid = s + (e - s) / 2;
-                    break (
-                        grid[mid],
-                        Some(v[0]),
-                        Some(v[mid]),
-                        grid.into_iter().zip(v).collect(),
-                    );
-                }
-            }
-        };
-        let n = self.moving.keys.len() as u64;
-        hooks.check()?;
-        hooks.report("applying gamma", 0, Some(n));
-        let (vectors, changed) = install(hooks.pool, || {
-            apply(
-                method,
-                gamma,
-                self.original.view(),
-                self.moving.g.view(),
-                self.config.negative_rule,
-            )
-        })?;
-        hooks.report("applying gamma", n, Some(n));
-        let metric = if has_val { self.metric } else { None };
-        Ok(FitOutcome {
-            gamma,
-            validation_before: before,
-            validation_after: after,
-            metric,
-            keys: self.moving.keys,
-            original: self.original,
-            vectors,
-            changed,
-            curve,
+            (Selection::Best(m), _) => self.search_best(prep, m, hooks)?,
         })
     }
+
+    /// [`Selection::Best`]: the grid (NUDGE-M's doubled while the best region touches its upper
+    /// end), the middle of the widest run of maximal values; per partition too when asked.
+    fn search_best(&self, prep: &Prepared, m: Metric, hooks: &mut Hooks) -> Result<Choice> {
+        let (method, rule) = (self.config.method, self.config.negative_rule);
+        let mut hi = first_range(method, rule);
+        let groups = self.per_partition.and(self.parts.as_ref()).map(|p| dense_groups(&p.query));
+        loop {
+            let grid = best_grid(method, hi);
+            let (v, sums) = match &groups {
+                Some((group, ids)) => {
+                    let sums = self.eval_sums(prep, &grid, m, Some((group, ids.len())), hooks)?;
+                    let n = self.judged.len() as f64;
+                    let joint = (0..grid.len()).map(|i| sums.iter().map(|s| s[i]).sum::<f64>() / n).collect();
+                    (joint, sums)
+                }
+                None => (self.eval_grid(prep, &grid, m, hooks)?, Vec::new()),
+            };
+            let (s, e) = widest_best_run(&v);
+            if method == Method::NudgeM && e == grid.len() - 1 && hi < M_RANGE_CAP {
+                hi *= 2.0;
+                continue;
+            }
+            let mid = s + (e - s) / 2;
+            let (before, mut after) = (Some(v[0]), Some(v[mid]));
+            let by_partition = match (&groups, self.per_partition) {
+                (Some((group, ids)), Some(min)) => {
+                    let mut counts = vec![0usize; ids.len()];
+                    group.iter().for_each(|&g| counts[g] += 1);
+                    let mut chosen = choose_per_partition(&grid, &sums, &counts, mid, min);
+                    chosen.iter_mut().for_each(|c| c.partition = ids[c.partition as usize]);
+                    after = Some(mean_after(&chosen));
+                    chosen
+                }
+                _ => Vec::new(),
+            };
+            return Ok(Choice {
+                gamma: grid[mid],
+                before,
+                after,
+                curve: grid.into_iter().zip(v).collect(),
+                by_partition,
+            });
+        }
+    }
+}
+
+/// What [`FitPass::choose`] found.
+struct Choice {
+    /// The joint gamma.
+    gamma: f64,
+    before: Option<f64>,
+    after: Option<f64>,
+    curve: Vec<(f64, f64)>,
+    by_partition: Vec<PartitionGamma>,
+}
+
+/// The first upper end of the [`Selection::Best`] range.
+pub(crate) fn first_range(method: Method, rule: NegativeRule) -> f64 {
+    match (method, rule) {
+        (Method::NudgeN, NegativeRule::Skip) => 2.0,
+        (Method::NudgeN, NegativeRule::Move) => 4.0,
+        (Method::NudgeM, _) => M_RANGE_START,
+    }
+}
+
+/// The [`Selection::Best`] grid over `[0, hi]`.
+pub(crate) fn best_grid(method: Method, hi: f64) -> Vec<f64> {
+    let points = if method == Method::NudgeN {
+        (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
+    } else {
+        GRID_POINTS
+    };
+    (0..points).map(|i| hi * i as f64 / (points - 1) as f64).collect()
+}
+
+/// Partition ids renumbered densely: each one's group index, and the ids by group.
+pub(crate) fn dense_groups(parts: &[u32]) -> (Vec<usize>, Vec<u32>) {
+    let mut ids = parts.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let group = parts.iter().map(|p| ids.binary_search(p).expect("listed")).collect();
+    (group, ids)
 }
 
 /// What a finished corpus pass holds (see [`FitPass::into_parts`]).
@@ -933,6 +1075,8 @@ pub(crate) struct PassParts {
     /// Static top-k per evaluated validation query, best first.
     pub statics: Vec<Vec<(f32, u64)>>,
     pub moving: MovingSet,
+    /// A partitioned pass: each moving record's partition.
+    pub moving_parts: Option<Vec<u32>>,
     /// Original vectors of the moving records, rows as `moving.keys`.
     pub original: Array2<f32>,
     pub rows_seen: u64,
@@ -953,62 +1097,167 @@ fn check_static_lists(statics: &[Vec<(f32, u64)>]) -> Result<()> {
     Ok(())
 }
 
-/// Per-row `|d|^2`, (row, moving position) pairs, mask of moving rows.
-pub(crate) type CheckedBatch = (Vec<f64>, Vec<(usize, usize)>, Vec<bool>);
-
-/// Validates one corpus batch against the moving keys (`seen`: those already captured), as
-/// [`FitPass::push_batch`] documents. Returns per-row `|d|^2`, the (row, moving position) pairs
-/// and the mask of moving rows (skipped by the static top-k).
-pub(crate) fn check_batch(
-    moving_keys: &[u64],
-    seen: &[bool],
-    dim: usize,
-    keys: &[u64],
-    vectors: ArrayView2<f32>,
-    hooks: &mut Hooks,
-) -> Result<CheckedBatch> {
-    if keys.len() != vectors.nrows() {
+/// The moving set's shape and values; its dimension.
+fn check_moving(moving: &MovingSet) -> Result<usize> {
+    if moving.keys.is_empty() {
+        return Err(NudgeError::Empty {
+            what: "moving records".into(),
+        });
+    }
+    if moving.g.nrows() != moving.keys.len() {
         return Err(mismatch(
-            "numbers of keys and corpus vectors",
-            vectors.nrows(),
-            keys.len(),
+            "numbers of moving keys and gradient rows",
+            moving.keys.len(),
+            moving.g.nrows(),
         ));
     }
-    if vectors.ncols() != dim {
-        return Err(mismatch("corpus vector dimensions", dim, vectors.ncols()));
-    }
-    hooks.check()?;
-    let mut sorted = keys.to_vec();
-    sorted.sort_unstable();
-    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+    if moving.keys.windows(2).any(|w| w[0] >= w[1]) {
         return Err(invalid(
-            "keys",
-            format!("key {} appears more than once", w[0]),
+            "moving",
+            "keys must be sorted ascending and unique",
         ));
     }
-    let norms2 =
-        install(hooks.pool, || row_norms2(vectors)).map_err(|i| NudgeError::NonFinite {
-            what: "corpus batch".into(),
-            index: i,
-        })?;
-    let mut hits = Vec::new();
-    let mut skip = vec![false; keys.len()];
-    for (row, &key) in keys.iter().enumerate() {
-        if let Ok(p) = moving_keys.binary_search(&key) {
-            if seen[p] {
-                return Err(invalid("keys", format!("key {key} appears more than once")));
-            }
-            if norms2[row] == 0.0 {
-                return Err(NudgeError::ZeroVector {
-                    what: "corpus batch".into(),
-                    index: row,
-                });
-            }
-            hits.push((row, p));
-            skip[row] = true;
+    let dim = moving.g.ncols();
+    if dim == 0 {
+        return Err(invalid(
+            "moving",
+            "gradients must have at least one dimension",
+        ));
+    }
+    for (i, row) in moving.g.outer_iter().enumerate() {
+        if row.iter().any(|x| !x.is_finite()) {
+            return Err(NudgeError::NonFinite {
+                what: "gradients".into(),
+                index: i,
+            });
         }
     }
-    Ok((norms2, hits, skip))
+    Ok(dim)
+}
+
+/// Validation queries of the moving set's dimension (when any), finite.
+fn check_val_queries(val_queries: ArrayView2<f32>, dim: usize) -> Result<()> {
+    if val_queries.nrows() > 0 && val_queries.ncols() != dim {
+        return Err(mismatch(
+            "validation query dimensions",
+            dim,
+            val_queries.ncols(),
+        ));
+    }
+    row_norms2(val_queries).map_err(|i| NudgeError::NonFinite {
+        what: "validation queries".into(),
+        index: i,
+    })?;
+    Ok(())
+}
+
+/// The evaluated validation queries (rows with a relevant record) and their judgements.
+fn judge(val_qrels: &[Qrel], nv: usize) -> Result<(Vec<usize>, Vec<Judged>)> {
+    let mut per_query: Vec<Vec<(u64, f64)>> = vec![Vec::new(); nv];
+    for (i, q) in val_qrels.iter().enumerate() {
+        if (q.query as usize) >= nv {
+            return Err(invalid(
+                "validation qrels",
+                format!(
+                    "query row {} is out of range (there are {nv} validation queries)",
+                    q.query
+                ),
+            ));
+        }
+        if !q.grade.is_finite() {
+            return Err(NudgeError::NonFinite {
+                what: "validation qrel grades".into(),
+                index: i,
+            });
+        }
+        per_query[q.query as usize].push((q.record, q.grade));
+    }
+    let mut rows = Vec::new();
+    let mut judged = Vec::new();
+    for (i, rel) in per_query.iter().enumerate() {
+        let j = Judged::new(rel);
+        if j.n_rel > 0 {
+            rows.push(i);
+            judged.push(j);
+        }
+    }
+    Ok((rows, judged))
+}
+
+/// What validation values measure under `config` (see [`FitOutcome::metric`]); `Empty` when a
+/// search has no evaluated query.
+fn selection_metric(config: &FitConfig, evaluated: bool) -> Result<Option<Metric>> {
+    let metric = match config.selection {
+        Selection::Fixed(g) => {
+            check_gamma(config.method, g)?;
+            evaluated.then_some(Metric::Ndcg(10))
+        }
+        Selection::Parity => Some(Metric::Top1),
+        Selection::Best(m) => {
+            m.validate()?;
+            Some(m)
+        }
+    };
+    if !evaluated && !matches!(config.selection, Selection::Fixed(_)) {
+        return Err(NudgeError::Empty {
+            what: "validation queries with a relevant record".into(),
+        });
+    }
+    Ok(metric)
+}
+
+/// The gammas a curve is evaluated at.
+struct Grid<'a> {
+    gammas: &'a [f64],
+    /// NUDGE-N's `(cos, sin)` of the angle at each gamma.
+    angles: Vec<(f64, f64)>,
+    gmax: f64,
+    metric: Metric,
+}
+
+/// One query's ranking at one gamma: the top k of the moving scores merged with its static
+/// list, then the metric.
+struct Ranker<'a> {
+    statics: Vec<(f64, u64)>,
+    k: usize,
+    judged: &'a Judged,
+    metric: Metric,
+    ranked: Vec<u64>,
+}
+
+impl<'a> Ranker<'a> {
+    fn new(st: &[(f32, u64)], k: usize, n_cand: usize, judged: &'a Judged, metric: Metric) -> Self {
+        let statics: Vec<(f64, u64)> = st.iter().take(k).map(|&(s, key)| (s as f64, key)).collect();
+        // (k may be far larger than anything ranked: never reserve more than can be ranked)
+        let ranked = Vec::with_capacity(k.min(n_cand + statics.len()));
+        Ranker { statics, k, judged, metric, ranked }
+    }
+
+    /// The metric of the ranking whose moving scores are `scored` (reordered here).
+    fn value(&mut self, scored: &mut Vec<(f64, u64)>) -> f64 {
+        let (k, statics) = (self.k, &self.statics);
+        let cmp = |x: &(f64, u64), y: &(f64, u64)| better_first(*x, *y);
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, cmp);
+            scored.truncate(k);
+        }
+        scored.sort_by(cmp);
+        let (mut i, mut j) = (0, 0);
+        self.ranked.clear();
+        while self.ranked.len() < k && (i < scored.len() || j < statics.len()) {
+            let take_moving = j >= statics.len()
+                || (i < scored.len()
+                    && better_first(scored[i], statics[j]) != std::cmp::Ordering::Greater);
+            if take_moving {
+                self.ranked.push(scored[i].1);
+                i += 1;
+            } else {
+                self.ranked.push(statics[j].1);
+                j += 1;
+            }
+        }
+        self.judged.value_ranked(self.metric, self.ranked.iter().copied())
+    }
 }
 
 /// Start and end (inclusive) of the widest run of maximal values (first on a tie).

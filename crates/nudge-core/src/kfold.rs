@@ -40,12 +40,14 @@ use ndarray::{Array2, ArrayView2, Axis};
 use crate::error::{invalid, NudgeError, Result};
 use crate::exec::{install, Hooks};
 use crate::gamma::{
-    widest_best_run, FitConfig, FitOutcome, FitPass, Selection, GRID_POINTS, M_RANGE_CAP,
-    M_RANGE_START,
+    best_grid, dense_groups, first_range, widest_best_run, FitConfig, FitOutcome, FitPass,
+    PassParts, Selection, M_RANGE_CAP,
 };
+use crate::per_partition::{apply_by_partition, choose as choose_per_partition, mean_after, PartitionGamma};
+use crate::knn::check_query_parts;
 use crate::gradient::{gradients, Qrel};
 use crate::metrics::{Judged, Metric};
-use crate::nudge::{apply, Method, NegativeRule};
+use crate::nudge::{apply, Method};
 use crate::partial::{Partial, ShardSpec};
 use crate::split::folds;
 
@@ -87,6 +89,10 @@ pub struct KFoldPass {
     /// The scan: moving = every labelled record (G from all labelled queries), validation = all
     /// labelled queries in fold-major order.
     pass: FitPass,
+    /// A partitioned pass: per query row, its partition.
+    query_parts: Option<Vec<u32>>,
+    /// One gamma per partition with at least this many evaluated queries (over all folds).
+    per_partition: Option<usize>,
 }
 
 impl KFoldPass {
@@ -230,7 +236,37 @@ impl KFoldPass {
             folds: fold_rows,
             ranges,
             pass,
+            query_parts: None,
+            per_partition: None,
         })
+    }
+
+    /// One gamma per partition (see [`crate::per_partition`]): each partition's curve is the
+    /// mean over its evaluated queries of their out-of-fold metric; a partition with at least
+    /// `min_queries` of them gets the best gamma of its curve, the others the joint one. Needs
+    /// a [`partitioned`](Self::partitioned) pass.
+    pub fn gamma_per_partition(mut self, min_queries: usize) -> Result<Self> {
+        if self.query_parts.is_none() {
+            return Err(invalid("gamma_per_partition", "needs a partitioned pass"));
+        }
+        self.per_partition = Some(min_queries.max(1));
+        Ok(self)
+    }
+
+    /// Makes every fold's search partitioned (see [`FitPass::partitioned`]): `query_parts[r]`
+    /// is query row `r`'s partition; rows are then pushed with
+    /// [`push_batch_in`](Self::push_batch_in). The mean out-of-fold metric still averages over
+    /// every evaluated query of a fold. Call before the first row.
+    pub fn partitioned(mut self, query_parts: Vec<u32>) -> Result<Self> {
+        check_query_parts(&query_parts, self.queries.nrows())?;
+        let order: Vec<u32> = self.folds[..self.ranges.len()]
+            .iter()
+            .flatten()
+            .map(|&r| query_parts[r])
+            .collect();
+        self.pass.set_partitions(&order)?;
+        self.query_parts = Some(query_parts);
+        Ok(self)
     }
 
     /// Query rows per fold, in fold order.
@@ -265,6 +301,18 @@ impl KFoldPass {
         self.pass.push_batch(keys, vectors, hooks)
     }
 
+    /// [`push_batch`](Self::push_batch) with each row's partition, as
+    /// [`FitPass::push_batch_in`].
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        self.pass.push_batch_in(keys, vectors, parts, hooks)
+    }
+
     /// What each shard needs for its part of the scan (see [`crate::partial`]).
     pub fn shard_spec(&self) -> ShardSpec {
         self.pass.shard_spec()
@@ -280,6 +328,7 @@ impl KFoldPass {
     /// (`UnknownRecord` otherwise).
     pub fn finish(self, hooks: &mut Hooks) -> Result<FoldOutcome> {
         hooks.check()?;
+        let parts = self.pass.into_parts()?;
         let KFoldPass {
             config,
             metric,
@@ -288,132 +337,234 @@ impl KFoldPass {
             n_labelled,
             folds,
             ranges,
-            pass,
+            pass: _,
+            query_parts,
+            per_partition,
         } = self;
-        let parts = pass.into_parts()?;
-        let n_cap = parts.moving.len() as u64;
-        let mut in_fold = vec![usize::MAX; queries.nrows()];
-        for (f, rows) in folds.iter().enumerate() {
-            for &r in rows {
-                in_fold[r] = f;
-            }
-        }
+        let labels = FoldLabels {
+            queries: &queries,
+            qrels: &qrels,
+            n_labelled,
+            folds: &folds,
+            query_parts: query_parts.as_deref(),
+        };
         let mut passes = Vec::with_capacity(ranges.len());
-        for (f, rows) in folds.iter().enumerate().take(ranges.len()) {
+        for (f, &range) in ranges.iter().enumerate() {
             hooks.check()?;
-            let train: Vec<usize> = folds
-                .iter()
-                .enumerate()
-                .filter(|&(g, _)| g != f)
-                .flat_map(|(_, r)| r.iter().copied())
-                .collect();
-            let ms = gradients(queries.view(), &qrels, &train, n_labelled)?;
-            let mut pos = vec![u32::MAX; queries.nrows()];
-            for (i, &r) in rows.iter().enumerate() {
-                pos[r] = i as u32;
-            }
-            let vq = queries.select(Axis(0), rows);
-            let vr: Vec<Qrel> = qrels
-                .iter()
-                .filter(|q| in_fold[q.query as usize] == f)
-                .map(|q| Qrel {
-                    query: pos[q.query as usize],
-                    ..*q
-                })
-                .collect();
-            let mut fp = FitPass::new(ms, vq, vr, config)?;
-            let (r0, r1) = ranges[f];
-            debug_assert_eq!(fp.n_validation_queries(), r1 - r0);
-            fp.push_partial(Partial {
-                k: parts.k,
-                statics: parts.statics[r0..r1].to_vec(),
-                moving: Vec::new(),
-                rows_seen: parts.rows_seen - n_cap,
-            })?;
-            {
-                // the captured records, not the corpus: no "scanning corpus" progress
-                let mut quiet = |_: crate::exec::Progress<'_>| {};
-                let mut inner = Hooks {
-                    pool: hooks.pool,
-                    check_interrupts: &mut *hooks.check_interrupts,
-                    progress: &mut quiet,
-                };
-                fp.push_batch(&parts.moving.keys, parts.original.view(), &mut inner)?;
-            }
-            passes.push(fp);
+            passes.push(labels.fold_pass(f, range, &parts, config, hooks)?);
         }
-        let method = config.method;
-        let kf = passes.len() as f64;
-        let mut hi = match (method, config.negative_rule) {
-            (Method::NudgeN, NegativeRule::Skip) => 2.0,
-            (Method::NudgeN, NegativeRule::Move) => 4.0,
-            (Method::NudgeM, _) => M_RANGE_START,
-        };
-        let (gamma, curve, fold_curves, mid) = loop {
-            let points = if method == Method::NudgeN {
-                (GRID_POINTS - 1) * (hi / 2.0) as usize + 1
-            } else {
-                GRID_POINTS
-            };
-            let grid: Vec<f64> = (0..points)
-                .map(|i| hi * i as f64 / (points - 1) as f64)
-                .collect();
-            let mut fold_curves = Vec::with_capacity(passes.len());
-            for fp in &passes {
-                let prep = install(hooks.pool, || fp.prepare())?;
-                fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?);
-            }
-            let mean = mean_curve(&fold_curves, points, kf);
-            let (s, e) = widest_best_run(&mean);
-            if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
-                hi *= 2.0;
-                continue;
-            }
-            let mid = s + (e - s) / 2;
-            break (
-                grid[mid],
-                grid.into_iter().zip(mean).collect::<Vec<_>>(),
-                fold_curves,
-                mid,
-            );
-        };
+        let search = search_folds(&passes, config, metric, per_partition, hooks)?;
         drop(passes);
-        let n = parts.moving.len() as u64;
-        hooks.check()?;
-        hooks.report("applying gamma", 0, Some(n));
-        let (vectors, changed) = install(hooks.pool, || {
-            apply(
-                method,
-                gamma,
-                parts.original.view(),
-                parts.moving.g.view(),
-                config.negative_rule,
-            )
-        })?;
-        hooks.report("applying gamma", n, Some(n));
-        let (before, after) = (curve[0].1, curve[mid].1);
+        let fit = final_fit(parts, config, metric, &search, hooks)?;
         Ok(FoldOutcome {
-            gamma,
+            gamma: search.gamma,
             metric,
-            cv_metric_before: before,
-            cv_metric_after: after,
+            cv_metric_before: search.curve[0].1,
+                    cv_metric_after: search.after,
             fold_evaluated: ranges.iter().map(|r| r.1 - r.0).collect(),
             folds,
-            fold_curves,
-            fit: FitOutcome {
-                gamma,
-                validation_before: Some(before),
-                validation_after: Some(after),
-                metric: Some(metric),
-                keys: parts.moving.keys,
-                original: parts.original,
-                vectors,
-                changed,
-                curve: curve.clone(),
-            },
-            curve,
+            fold_curves: search.fold_curves,
+            fit,
+            curve: search.curve,
         })
     }
+}
+
+/// The labelled queries as the folds deal them.
+struct FoldLabels<'a> {
+    queries: &'a Array2<f32>,
+    qrels: &'a [Qrel],
+    n_labelled: u64,
+    folds: &'a [Vec<usize>],
+    query_parts: Option<&'a [u32]>,
+}
+
+impl FoldLabels<'_> {
+    /// Fold `f`'s pass: `G` from the other folds, fold `f`'s queries as validation, fed with
+    /// the scan's static lists of those queries (`range` of the scan's evaluated queries) and
+    /// the captured labelled records.
+    fn fold_pass(
+        &self,
+        f: usize,
+        range: (usize, usize),
+        parts: &PassParts,
+        config: FitConfig,
+        hooks: &mut Hooks,
+    ) -> Result<FitPass> {
+        let rows = &self.folds[f];
+        let train: Vec<usize> = self
+            .folds
+            .iter()
+            .enumerate()
+            .filter(|&(g, _)| g != f)
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        let ms = gradients(self.queries.view(), self.qrels, &train, self.n_labelled)?;
+        let mut pos = vec![u32::MAX; self.queries.nrows()];
+        for (i, &r) in rows.iter().enumerate() {
+            pos[r] = i as u32;
+        }
+        let vq = self.queries.select(Axis(0), rows);
+        let vr: Vec<Qrel> = self
+            .qrels
+            .iter()
+            .filter(|q| pos[q.query as usize] != u32::MAX)
+            .map(|q| Qrel {
+                query: pos[q.query as usize],
+                ..*q
+            })
+            .collect();
+        let mut fp = FitPass::new(ms, vq, vr, config)?;
+        if let Some(qp) = self.query_parts {
+            let fold_parts: Vec<u32> = rows.iter().map(|&r| qp[r]).collect();
+            fp.set_partitions(&fold_parts)?;
+        }
+        let (r0, r1) = range;
+        debug_assert_eq!(fp.n_validation_queries(), r1 - r0);
+        let n_cap = parts.moving.len() as u64;
+        fp.push_partial(Partial {
+            k: parts.k,
+            statics: parts.statics[r0..r1].to_vec(),
+            moving: Vec::new(),
+            moving_parts: Vec::new(),
+            rows_seen: parts.rows_seen - n_cap,
+        })?;
+        // the captured records, not the corpus: no "scanning corpus" progress
+        let mut quiet = |_: crate::exec::Progress<'_>| {};
+        let mut inner = Hooks {
+            pool: hooks.pool,
+            check_interrupts: &mut *hooks.check_interrupts,
+            progress: &mut quiet,
+        };
+        let row_parts = parts.moving_parts.as_deref();
+        fp.push_batch_in(&parts.moving.keys, parts.original.view(), row_parts, &mut inner)?;
+        Ok(fp)
+    }
+}
+
+/// The grid search over the folds' mean curve.
+struct Search {
+    gamma: f64,
+    /// `(gamma, mean out-of-fold metric)`.
+    curve: Vec<(f64, f64)>,
+    fold_curves: Vec<Vec<f64>>,
+    /// The validation after: the mean curve at `gamma`, or with one gamma per partition the
+    /// mean over all evaluated queries at their partition's gamma.
+    after: f64,
+    by_partition: Vec<PartitionGamma>,
+}
+
+/// The grid and tie rule of [`Selection::Best`] on the mean of the folds' curves (and, with
+/// one gamma per partition, on each partition's curve).
+fn search_folds(
+    passes: &[FitPass],
+    config: FitConfig,
+    metric: Metric,
+    per_partition: Option<usize>,
+    hooks: &mut Hooks,
+) -> Result<Search> {
+    let method = config.method;
+    let kf = passes.len() as f64;
+    let mut hi = first_range(method, config.negative_rule);
+    loop {
+        let grid = best_grid(method, hi);
+        let points = grid.len();
+        let mut fold_curves = Vec::with_capacity(passes.len());
+        let mut by_part = PartSums::default();
+        for fp in passes {
+            let prep = install(hooks.pool, || fp.prepare())?;
+            match fp.query_partitions().filter(|_| per_partition.is_some()) {
+                Some(qp) => {
+                    let (group, ids) = dense_groups(qp);
+                    let sums = fp.eval_sums(&prep, &grid, metric, Some((&group, ids.len())), hooks)?;
+                    let n = fp.n_validation_queries().max(1) as f64;
+                    fold_curves.push((0..points).map(|i| sums.iter().map(|s| s[i]).sum::<f64>() / n).collect());
+                    by_part.add(&group, &ids, sums);
+                }
+                None => fold_curves.push(fp.eval_grid(&prep, &grid, metric, hooks)?),
+            }
+        }
+        let mean = mean_curve(&fold_curves, points, kf);
+        let (s, e) = widest_best_run(&mean);
+        if method == Method::NudgeM && e == points - 1 && hi < M_RANGE_CAP {
+            hi *= 2.0;
+            continue;
+        }
+        let mid = s + (e - s) / 2;
+        let (after, by_partition) = match per_partition {
+            Some(min) => {
+                let chosen = by_part.choose(&grid, mid, min);
+                (mean_after(&chosen), chosen)
+            }
+            None => (mean[mid], Vec::new()),
+        };
+        return Ok(Search {
+            gamma: grid[mid],
+            curve: grid.into_iter().zip(mean).collect(),
+            fold_curves,
+            after,
+            by_partition,
+        });
+    }
+}
+
+/// Per partition id, its evaluated queries and summed metric curve over all folds.
+#[derive(Default)]
+struct PartSums(std::collections::BTreeMap<u32, (usize, Vec<f64>)>);
+
+impl PartSums {
+    fn add(&mut self, group: &[usize], ids: &[u32], sums: Vec<Vec<f64>>) {
+        for (g, s) in sums.into_iter().enumerate() {
+            let n = group.iter().filter(|&&x| x == g).count();
+            let e = self.0.entry(ids[g]).or_insert_with(|| (0, vec![0.0; s.len()]));
+            e.0 += n;
+            e.1.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn choose(&self, grid: &[f64], joint: usize, min: usize) -> Vec<PartitionGamma> {
+        let ids: Vec<u32> = self.0.keys().copied().collect();
+        let counts: Vec<usize> = self.0.values().map(|v| v.0).collect();
+        let sums: Vec<Vec<f64>> = self.0.values().map(|v| v.1.clone()).collect();
+        let mut chosen = choose_per_partition(grid, &sums, &counts, joint, min);
+        chosen.iter_mut().for_each(|c| c.partition = ids[c.partition as usize]);
+        chosen
+    }
+}
+
+/// The update of every labelled record, `G` from all labelled queries, at the chosen gamma.
+fn final_fit(
+    parts: PassParts,
+    config: FitConfig,
+    metric: Metric,
+    search: &Search,
+    hooks: &mut Hooks,
+) -> Result<FitOutcome> {
+    let n = parts.moving.len() as u64;
+    let gamma = search.gamma;
+    hooks.check()?;
+    hooks.report("applying gamma", 0, Some(n));
+    let (d, g) = (parts.original.view(), parts.moving.g.view());
+    let (vectors, changed) = install(hooks.pool, || match (&parts.moving_parts, search.by_partition.is_empty()) {
+        (Some(mp), false) => {
+            apply_by_partition(config.method, d, g, config.negative_rule, mp, &search.by_partition, gamma)
+        }
+        _ => apply(config.method, gamma, d, g, config.negative_rule),
+    })?;
+    hooks.report("applying gamma", n, Some(n));
+    let (before, after) = (search.curve[0].1, search.after);
+    Ok(FitOutcome {
+        gamma,
+        validation_before: Some(before),
+        validation_after: Some(after),
+        metric: Some(metric),
+        keys: parts.moving.keys,
+        original: parts.original,
+        vectors,
+        changed,
+        curve: search.curve.clone(),
+        partition_gammas: search.by_partition.clone(),
+    })
 }
 
 /// The query rows some qrels row names (whatever its grade), ascending.

@@ -192,12 +192,45 @@ const MIN_ROWS: usize = 257;
 const ROUND_FLOPS_PER_THREAD: f64 = 2.5e9;
 const ROUND_MAX_FLOATS: usize = 1 << 24;
 
+/// The partition of a row that no query has: it is never offered to any heap.
+pub const NO_PARTITION: u32 = u32::MAX;
+
 pub(crate) struct Engine {
     q: Array2<f32>,
     k: usize,
     mode: Mode,
     heaps: Vec<Heap>,
+    /// Per query (in the engine's order), its partition: a row is offered to a query's heap
+    /// only if the row's partition (given per pushed row) is the query's. None: every row to
+    /// every query. The queries are then held sorted by partition, so that a row's queries are
+    /// one contiguous range.
+    qpart: Option<Vec<u32>>,
+    /// With partitions: the caller's index of each query in the engine's order, and back.
+    order: Option<(Vec<usize>, Vec<usize>)>,
     pub rows_seen: u64,
+}
+
+/// Checks per-query partitions: one per query, none [`NO_PARTITION`].
+pub(crate) fn check_query_parts(parts: &[u32], n_queries: usize) -> Result<()> {
+    if parts.len() != n_queries {
+        return Err(mismatch("numbers of queries and query partitions", n_queries, parts.len()));
+    }
+    if parts.contains(&NO_PARTITION) {
+        return Err(invalid("partitions", "a query's partition cannot be NO_PARTITION"));
+    }
+    Ok(())
+}
+
+/// Checks per-row partitions of a batch against whether the search is partitioned.
+pub(crate) fn check_row_parts(parts: Option<&[u32]>, partitioned: bool, rows: usize) -> Result<()> {
+    match (parts, partitioned) {
+        (Some(p), true) if p.len() != rows => {
+            Err(mismatch("numbers of corpus rows and row partitions", rows, p.len()))
+        }
+        (Some(_), true) | (None, false) => Ok(()),
+        (None, true) => Err(invalid("partitions", "a partitioned search needs every row's partition")),
+        (Some(_), false) => Err(invalid("partitions", "row partitions given to a search without query partitions")),
+    }
 }
 
 /// Per-row sum of squares in f64 (parallel); the index of the first row with NaN/Inf on error.
@@ -232,8 +265,29 @@ impl Engine {
             k,
             mode,
             heaps: (0..m).map(|_| Heap::new(k)).collect(),
+            qpart: None,
+            order: None,
             rows_seen: 0,
         }
+    }
+
+    /// Restricts every query to the rows of its partition (`parts` checked by the caller with
+    /// [`check_query_parts`]); call before the first row.
+    pub fn set_query_parts(&mut self, parts: Vec<u32>) {
+        debug_assert_eq!(parts.len(), self.q.nrows());
+        let mut by_part: Vec<usize> = (0..parts.len()).collect();
+        by_part.sort_by_key(|&i| parts[i]);
+        let mut back = vec![0; parts.len()];
+        for (at, &i) in by_part.iter().enumerate() {
+            back[i] = at;
+        }
+        self.q = self.q.select(ndarray::Axis(0), &by_part);
+        self.qpart = Some(by_part.iter().map(|&i| parts[i]).collect());
+        self.order = Some((by_part, back));
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.qpart.is_some()
     }
 
     pub fn dim(&self) -> usize {
@@ -250,22 +304,29 @@ impl Engine {
 
     /// Offers `(s, key)` to query `q`'s heap (as if scored in a batch).
     pub fn offer(&mut self, q: usize, s: f32, key: u64) -> bool {
-        self.heaps[q].offer(s, key)
+        let at = self.order.as_ref().map_or(q, |o| o.1[q]);
+        self.heaps[at].offer(s, key)
     }
 
     /// Per-query lists, best first.
     pub fn sorted(&self) -> Vec<Vec<(f32, u64)>> {
-        self.heaps.iter().map(|h| h.sorted()).collect()
+        match &self.order {
+            Some((_, back)) => back.iter().map(|&at| self.heaps[at].sorted()).collect(),
+            None => self.heaps.iter().map(|h| h.sorted()).collect(),
+        }
     }
 
     /// Scores a batch whose shapes were checked and whose per-row `|d|^2` is `norms2`.
-    /// Rows with `skip[j]` are ignored.
+    /// Rows with `skip[j]` are ignored; `parts` (checked with [`check_row_parts`]) are the
+    /// rows' partitions of a partitioned search.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         keys: &[u64],
         v: ArrayView2<f32>,
         norms2: &[f64],
         skip: Option<&[bool]>,
+        parts: Option<&[u32]>,
         hooks: &mut Hooks,
         phase: &str,
     ) -> Result<()> {
@@ -308,10 +369,14 @@ impl Engine {
                 scale: &scale[r0..r1],
                 bias: &bias[r0..r1],
                 skip: skip.map(|sk| &sk[r0..r1]),
+                parts: parts.map(|p| &p[r0..r1]),
             };
             let q = self.q.view();
             let heaps = &mut self.heaps;
-            install(pool, || run_round(q, heaps, &ctx, t));
+            match self.qpart.as_deref() {
+                Some(qpart) => install(pool, || run_round_partitioned(q, qpart, heaps, &ctx)),
+                None => install(pool, || run_round(q, heaps, &ctx, t)),
+            }
             self.rows_seen += (r1 - r0) as u64;
             hooks.report(phase, self.rows_seen, None);
             r0 = r1;
@@ -326,6 +391,84 @@ struct Ctx<'a> {
     scale: &'a [f32],
     bias: &'a [f32],
     skip: Option<&'a [bool]>,
+    /// Row partitions (with query partitions: a row reaches only its partition's queries, see
+    /// [`run_round_partitioned`]).
+    parts: Option<&'a [u32]>,
+}
+
+/// A partitioned round: the rows of each partition against that partition's queries only
+/// (the engine holds its queries sorted by partition: one range per partition), as blocks of
+/// at most `QB` queries in parallel. Skipped rows and rows of a partition no query has are left
+/// out. The products have the shapes the unpartitioned scan uses (`MIN_ROWS` padding), so the
+/// scores are the same bits.
+fn run_round_partitioned(q: ArrayView2<f32>, qpart: &[u32], heaps: &mut [Heap], ctx: &Ctx) {
+    let Some(rp) = ctx.parts else {
+        return;
+    };
+    let mut rows: Vec<usize> = (0..rp.len()).filter(|&j| !ctx.skip.is_some_and(|sk| sk[j])).collect();
+    rows.sort_by_key(|&j| rp[j]);
+    // per partition with queries: its query range and its rows, gathered
+    let mut groups: Vec<(usize, usize, Gathered)> = Vec::new();
+    let mut a = 0;
+    while a < rows.len() {
+        let p = rp[rows[a]];
+        let b = a + rows[a..].partition_point(|&j| rp[j] == p);
+        let (lo, hi) = (qpart.partition_point(|&x| x < p), qpart.partition_point(|&x| x <= p));
+        if lo < hi {
+            groups.push((lo, hi, Gathered::of(ctx, &rows[a..b])));
+        }
+        a = b;
+    }
+    // disjoint heaps per block of a group's queries (ranges ascend with the partitions)
+    let mut work: Vec<(usize, &mut [Heap], &Gathered)> = Vec::new();
+    let (mut rest, mut at): (&mut [Heap], usize) = (heaps, 0);
+    for (lo, hi, g) in &groups {
+        let tail = std::mem::take(&mut rest).split_at_mut(lo - at).1;
+        let (mut mine, tail) = tail.split_at_mut(hi - lo);
+        rest = tail;
+        at = *hi;
+        let mut q0 = *lo;
+        while !mine.is_empty() {
+            let len = QB.min(hi - q0);
+            let (blk, more) = std::mem::take(&mut mine).split_at_mut(len);
+            work.push((q0, blk, g));
+            q0 += len;
+            mine = more;
+        }
+    }
+    work.into_par_iter().for_each(|(q0, hs, g)| {
+        let sub = Ctx {
+            keys: &g.keys,
+            v: g.v.view(),
+            scale: &g.scale,
+            bias: &g.bias,
+            skip: None,
+            parts: None,
+        };
+        let qblk = q.slice(s![q0..q0 + hs.len(), ..]);
+        let mut thr: Vec<f32> = hs.iter().map(|h| h.threshold()).collect();
+        let mut scratch = Vec::new();
+        scan(qblk, &sub, 0, g.keys.len(), hs, &mut thr, None, &mut scratch);
+    });
+}
+
+/// Some rows of a round, copied out: their keys, vectors and score transforms.
+struct Gathered {
+    keys: Vec<u64>,
+    v: Array2<f32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Gathered {
+    fn of(ctx: &Ctx, rows: &[usize]) -> Gathered {
+        Gathered {
+            keys: rows.iter().map(|&j| ctx.keys[j]).collect(),
+            v: ctx.v.select(ndarray::Axis(0), rows),
+            scale: rows.iter().map(|&j| ctx.scale[j]).collect(),
+            bias: rows.iter().map(|&j| ctx.bias[j]).collect(),
+        }
+    }
 }
 
 fn run_round(q: ArrayView2<f32>, heaps: &mut [Heap], ctx: &Ctx, t: usize) {
@@ -502,6 +645,18 @@ impl TopK {
         })
     }
 
+    /// Restricts each query to the corpus rows of its partition: `query_parts[i]` is query
+    /// `i`'s (any id but [`NO_PARTITION`]); rows are then pushed with
+    /// [`push_batch_in`](Self::push_batch_in). Call before the first batch.
+    pub fn with_partitions(mut self, query_parts: Vec<u32>) -> Result<Self> {
+        check_query_parts(&query_parts, self.n_queries())?;
+        if self.engine.rows_seen > 0 {
+            return Err(invalid("partitions", "set before the first batch"));
+        }
+        self.engine.set_query_parts(query_parts);
+        Ok(self)
+    }
+
     pub fn k(&self) -> usize {
         self.engine.k
     }
@@ -533,6 +688,20 @@ impl TopK {
         vectors: ArrayView2<f32>,
         hooks: &mut Hooks,
     ) -> Result<()> {
+        self.push_batch_in(keys, vectors, None, hooks)
+    }
+
+    /// [`push_batch`](Self::push_batch) with each row's partition (`parts[j]`; required after
+    /// [`with_partitions`](Self::with_partitions), refused otherwise). A row whose partition
+    /// no query has ([`NO_PARTITION`] or any other id) counts as seen and ranks nowhere.
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        check_row_parts(parts, self.engine.is_partitioned(), keys.len())?;
         if keys.len() != vectors.nrows() {
             return Err(mismatch(
                 "numbers of keys and corpus vectors",
@@ -553,7 +722,7 @@ impl TopK {
                 index: i,
             })?;
         self.engine
-            .push(keys, vectors, &norms2, None, hooks, "k-nn search")
+            .push(keys, vectors, &norms2, None, parts, hooks, "k-nn search")
     }
 
     /// Per query, the best `min(k, rows seen)` `(key, score)`, best first; ties by key descending.

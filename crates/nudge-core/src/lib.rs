@@ -17,6 +17,7 @@
 //! * No public function panics on bad input: every input is validated and reported as a
 //!   typed `NudgeError`.
 
+mod batch;
 pub mod digest;
 pub mod error;
 pub mod exec;
@@ -29,10 +30,13 @@ mod la;
 pub mod metrics;
 pub mod nudge;
 pub mod partial;
+pub mod per_partition;
 pub mod split;
 pub mod wire;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod partition_tests;
 
 pub use error::{NudgeError, Result};
 pub use exec::{Hooks, Progress};

@@ -24,22 +24,26 @@
 //!   rows changes nothing: among tied records it can only reorder unlabelled (never relevant)
 //!   ones, and labelled keys keep their order relative to all others.
 //!
-//! Wire formats (little-endian, hand-written, version 1): `ShardSpec`: `"NDGS" 1 dim k nq nm
-//! queries[nq*dim]:f32 keys[nm]:u64`; `Partial`: `"NDGP" 1 k rows_seen nq {len (score:f32
-//! key:u64)*len}*nq nm {key len v[len]:f32}*nm`; unmarked counts are u64, `k = 0` means no
-//! static search. Decoding validates everything and never panics; sizes are checked against
+//! Wire formats (little-endian, hand-written, version 2): `ShardSpec`: `"NDGS" 2 dim k nq nm
+//! queries[nq*dim]:f32 keys[nm]:u64 np {value:text}*np partitioned:0|1 [qparts[nq]:u32]`;
+//! `Partial`: `"NDGP" 2 k rows_seen nq {len (score:f32 key:u64)*len}*nq nm {key len
+//! v[len]:f32}*nm partitioned:0|1 [parts[nm]:u32]`; unmarked counts are u64, `k = 0` means no
+//! static search, text is a length and UTF-8 bytes. Decoding validates everything and never panics; sizes are checked against
 //! the bytes present and the limits of [`crate::wire`] before anything is allocated
 //! (`Malformed`, `TooLarge`).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{at_most, invalid, mismatch, NudgeError, Result};
 use crate::exec::Hooks;
-use crate::gamma::check_batch;
-use crate::knn::{row_norms2, Engine, Mode};
-use crate::wire::{check_dim, check_top_k, Reader, Writer, MAX_DIM, MAX_K, MAX_RECORDS};
+use crate::batch::check_batch;
+use crate::knn::{check_query_parts, check_row_parts, row_norms2, Engine, Mode, NO_PARTITION};
+use crate::wire::{
+    check_dim, check_top_k, Reader, Writer, MAX_DIM, MAX_K, MAX_QUERIES, MAX_RECORDS,
+};
 
 const SPEC_MAGIC: &[u8; 4] = b"NDGS";
 const PARTIAL_MAGIC: &[u8; 4] = b"NDGP";
@@ -55,6 +59,12 @@ pub struct ShardSpec {
     pub queries: Array2<f32>,
     /// Moving keys, sorted ascending, unique.
     pub moving_keys: Vec<u64>,
+    /// A partitioned pass: per query its partition id, an index into `partition_values`.
+    pub query_parts: Option<Vec<u32>>,
+    /// The partitions' values as the caller knows them (text), by id: a shard maps each row's
+    /// value to its id with [`partition_ids`](Self::partition_ids) (a value not listed ranks
+    /// for no query: [`NO_PARTITION`]). Empty unless partitioned.
+    pub partition_values: Vec<String>,
 }
 
 /// The result of one shard (or a merge of several).
@@ -66,6 +76,8 @@ pub struct Partial {
     pub statics: Vec<Vec<(f32, u64)>>,
     /// The moving records seen, with their original vectors, sorted by key.
     pub moving: Vec<(u64, Vec<f32>)>,
+    /// A partitioned pass: the partition id of each of `moving` (else empty).
+    pub moving_parts: Vec<u32>,
     /// Corpus rows scanned.
     pub rows_seen: u64,
 }
@@ -76,7 +88,7 @@ pub struct ShardPass {
     engine: Option<Engine>,
     /// The moving records this shard holds: (position in `moving_keys`, original vector).
     /// Grows with the rows found, not with the spec's moving keys (most are on other shards).
-    found: Vec<(usize, Vec<f32>)>,
+    found: Vec<(usize, Vec<f32>, u32)>,
     seen: Vec<bool>,
     rows_seen: u64,
 }
@@ -132,7 +144,34 @@ impl ShardSpec {
                 "moving keys must be sorted ascending and unique",
             ));
         }
+        self.validate_partitions()
+    }
+
+    /// Values unique; query partitions (if any): one per query, each naming a listed value.
+    fn validate_partitions(&self) -> Result<()> {
+        let np = self.partition_values.len();
+        at_most("number of partitions of a pushed-down pass", np, MAX_QUERIES)?;
+        let mut v: Vec<&String> = self.partition_values.iter().collect();
+        v.sort_unstable();
+        if v.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("spec", "a partition value is listed twice"));
+        }
+        if let Some(qp) = &self.query_parts {
+            check_query_parts(qp, self.queries.nrows())?;
+            if qp.iter().any(|&p| p as usize >= np) {
+                return Err(invalid("spec", "a query partition is not a listed value"));
+            }
+        }
         Ok(())
+    }
+
+    /// Partition value -> id, for a shard to map its rows' values ([`ShardPass::push_batch_in`]).
+    pub fn partition_ids(&self) -> HashMap<&str, u32> {
+        self.partition_values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_str(), i as u32))
+            .collect()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -146,6 +185,12 @@ impl ShardSpec {
         w.u64(self.moving_keys.len() as u64);
         self.queries.iter().for_each(|&x| w.f32(x));
         self.moving_keys.iter().for_each(|&k| w.u64(k));
+        w.u64(self.partition_values.len() as u64);
+        self.partition_values.iter().for_each(|v| w.bytes(v.as_bytes()));
+        w.u64(self.query_parts.is_some() as u64);
+        if let Some(qp) = &self.query_parts {
+            qp.iter().for_each(|&p| w.u32(p));
+        }
         w.0
     }
 
@@ -169,6 +214,14 @@ impl ShardSpec {
         let q: Vec<f32> = (0..nf).map(|_| r.f32()).collect::<Result<_>>()?;
         r.need(nm, 8)?;
         let moving_keys = (0..nm).map(|_| r.u64()).collect::<Result<_>>()?;
+        let np = r.count("number of partitions of a pushed-down pass", MAX_QUERIES, 8)?;
+        let partition_values = (0..np).map(|_| r.text()).collect::<Result<_>>()?;
+        let query_parts = if r.flag()? {
+            r.need(nq, 4)?;
+            Some((0..nq).map(|_| r.u32()).collect::<Result<_>>()?)
+        } else {
+            None
+        };
         r.end()?;
         let spec = ShardSpec {
             dim,
@@ -176,6 +229,8 @@ impl ShardSpec {
             queries: Array2::from_shape_vec((nq, dim), q)
                 .map_err(|_| r.malformed("query shape"))?,
             moving_keys,
+            query_parts,
+            partition_values,
         };
         spec.validate().map_err(|e| match e {
             NudgeError::TooLarge { .. } => e,
@@ -190,9 +245,13 @@ impl ShardPass {
     /// values). What it allocates is proportional to the spec's own size.
     pub fn new(spec: ShardSpec) -> Result<Self> {
         spec.validate()?;
-        let engine = spec
-            .k
-            .map(|k| Engine::new(spec.queries.clone(), k, Mode::Normalised));
+        let engine = spec.k.map(|k| {
+            let mut e = Engine::new(spec.queries.clone(), k, Mode::Normalised);
+            if let Some(qp) = &spec.query_parts {
+                e.set_query_parts(qp.clone());
+            }
+            e
+        });
         let n = spec.moving_keys.len();
         Ok(ShardPass {
             found: Vec::new(),
@@ -211,6 +270,19 @@ impl ShardPass {
         vectors: ArrayView2<f32>,
         hooks: &mut Hooks,
     ) -> Result<()> {
+        self.push_batch_in(keys, vectors, None, hooks)
+    }
+
+    /// One local batch with its rows' partition ids (required when the spec is partitioned,
+    /// refused otherwise; map values with [`ShardSpec::partition_ids`]).
+    pub fn push_batch_in(
+        &mut self,
+        keys: &[u64],
+        vectors: ArrayView2<f32>,
+        parts: Option<&[u32]>,
+        hooks: &mut Hooks,
+    ) -> Result<()> {
+        check_row_parts(parts, self.spec.query_parts.is_some(), keys.len())?;
         let (norms2, hits, skip) = check_batch(
             &self.spec.moving_keys,
             &self.seen,
@@ -220,7 +292,8 @@ impl ShardPass {
             hooks,
         )?;
         for &(row, p) in &hits {
-            self.found.push((p, vectors.row(row).to_vec()));
+            let part = parts.map_or(NO_PARTITION, |rp| rp[row]);
+            self.found.push((p, vectors.row(row).to_vec(), part));
             self.seen[p] = true;
         }
         self.rows_seen += keys.len() as u64;
@@ -230,6 +303,7 @@ impl ShardPass {
                 vectors,
                 &norms2,
                 Some(&skip),
+                parts,
                 hooks,
                 "scanning corpus",
             ),
@@ -244,11 +318,16 @@ impl ShardPass {
         let mut found = self.found;
         found.sort_unstable_by_key(|f| f.0);
         let keys = &self.spec.moving_keys;
-        let moving = found.into_iter().map(|(p, v)| (keys[p], v)).collect();
+        let moving_parts = match self.spec.query_parts {
+            Some(_) => found.iter().map(|f| f.2).collect(),
+            None => Vec::new(),
+        };
+        let moving = found.into_iter().map(|(p, v, _)| (keys[p], v)).collect();
         Partial {
             k: self.spec.k.unwrap_or(0),
             statics: self.engine.map(|e| e.sorted()).unwrap_or_default(),
             moving,
+            moving_parts,
             rows_seen: self.rows_seen,
         }
     }
@@ -287,12 +366,10 @@ impl Partial {
                 Ok(v)
             })
             .collect::<Result<_>>()?;
-        let mut moving = self.moving;
-        moving.extend(other.moving);
-        moving.sort_by_key(|m| m.0);
-        if let Some(w) = moving.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(dup_key(w[0].0));
-        }
+        let (moving, moving_parts) = merge_moving(
+            (self.moving, self.moving_parts),
+            (other.moving, other.moving_parts),
+        )?;
         let rows_seen = self
             .rows_seen
             .checked_add(other.rows_seen)
@@ -301,6 +378,7 @@ impl Partial {
             k,
             statics,
             moving,
+            moving_parts,
             rows_seen,
         })
     }
@@ -330,6 +408,8 @@ impl Partial {
             w.u64(v.len() as u64);
             v.iter().for_each(|&x| w.f32(x));
         }
+        w.u64(!self.moving_parts.is_empty() as u64);
+        self.moving_parts.iter().for_each(|&p| w.u32(p));
         w.0
     }
 
@@ -387,14 +467,50 @@ impl Partial {
             }
             moving.push((key, v));
         }
+        let moving_parts = if r.flag()? {
+            if nm == 0 {
+                return Err(r.malformed("partitions without moving records"));
+            }
+            r.need(nm, 4)?;
+            (0..nm).map(|_| r.u32()).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         r.end()?;
         Ok(Partial {
             k,
             statics,
             moving,
+            moving_parts,
             rows_seen,
         })
     }
+}
+
+/// The union of two partials' moving records (and partitions, when both have them or
+/// neither has moving records), sorted by key; a key in both is an error.
+type Moving = (Vec<(u64, Vec<f32>)>, Vec<u32>);
+fn merge_moving(a: Moving, b: Moving) -> Result<Moving> {
+    let parted = |m: &Moving| !m.1.is_empty();
+    if !a.0.is_empty() && !b.0.is_empty() && parted(&a) != parted(&b) {
+        return Err(invalid("partial", "only one side has moving records' partitions"));
+    }
+    let with_parts = parted(&a) || parted(&b);
+    let tag = |m: Moving| -> Vec<((u64, Vec<f32>), u32)> {
+        let parts = m.1;
+        m.0.into_iter()
+            .enumerate()
+            .map(|(i, x)| (x, parts.get(i).copied().unwrap_or(NO_PARTITION)))
+            .collect()
+    };
+    let mut all = tag(a);
+    all.extend(tag(b));
+    all.sort_by_key(|m| m.0 .0);
+    if let Some(w) = all.windows(2).find(|w| w[0].0 .0 == w[1].0 .0) {
+        return Err(dup_key(w[0].0 .0));
+    }
+    let (moving, parts): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+    Ok((moving, if with_parts { parts } else { Vec::new() }))
 }
 
 #[cfg(test)]
@@ -681,7 +797,7 @@ mod tests {
         let mut longer = pb.clone();
         longer.push(0);
         bad(Partial::from_bytes(&longer).map(|_| ()));
-        for (i, x) in [(0usize, b'X'), (4, 2)] {
+        for (i, x) in [(0usize, b'X'), (4, 1), (4, 3)] {
             let mut b = pb.clone();
             b[i] = x;
             bad(Partial::from_bytes(&b).map(|_| ()));
@@ -813,6 +929,8 @@ mod tests {
                 k: Some(600),
                 queries: rng.matrix(nq, dim),
                 moving_keys: vec![],
+                query_parts: None,
+                partition_values: Vec::new(),
             };
             let d = rng.matrix(600, dim);
             let dt = d.t().to_owned(); // column-major views of the same rows

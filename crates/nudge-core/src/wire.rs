@@ -9,16 +9,17 @@
 //! ([`NudgeError::Malformed`]: 22P03, [`NudgeError::TooLarge`]: 54000).
 //!
 //! Formats (little-endian; unmarked counts and lengths u64; text is a length and UTF-8 bytes;
-//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 1):
+//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 2):
 //!
-//! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 1 len spec[len] nl {id:text key}*nl
-//!   no {id:text written:i64 original:f32s}*no writing:0|1`, the spec a
+//! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 2 len spec[len] nl {id:text key}*nl
+//!   no {id:text written:i64 original:f32s}*no writing:0|1 partitioned:0|1 [column:text]`, the spec a
 //!   [`ShardSpec`] (`"NDGS"`, see [`crate::partial`]).
-//! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 1 k distance:text dim queries:f32s nl
+//! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 2 k distance:text dim queries:f32s nl
 //!   {id:text key}*nl`.
-//! * Replies: `"NDGR" 1 'O' body` or `"NDGR" 1 'E' sqlstate message:text` (a worker's error:
+//! * Replies: `"NDGR" 2 'O' body` or `"NDGR" 2 'E' sqlstate message:text` (a worker's error:
 //!   [`WorkerError`]). The body of a [`Reply`]: `len partial[len] ns key*ns nr {key id:text
-//!   has_dist:0|1 [dist:text] from_original:0|1}*nr`, the partial a [`Partial`] (`"NDGP"`); of
+//!   has_dist:0|1 [dist:text] from_original:0|1}*nr partitioned:0|1 [{has:0|1 [value:text]}*ns]`
+//!   (the partition value of each labelled row), the partial a [`Partial`] (`"NDGP"`); of
 //!   a top-k reply: `nq {len (key score:f32)*len}*nq`.
 //!
 //! Decoding never panics and allocates nothing before the size that drives the allocation was
@@ -32,7 +33,7 @@ use std::str::FromStr;
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{at_most, NudgeError, Result};
-use crate::knn::{Distance, TopK};
+use crate::knn::{Distance, TopK, NO_PARTITION};
 use crate::partial::{Partial, ShardSpec};
 
 /// Largest vector dimension of a pass pushed down to the workers: pgvector's maximum for
@@ -48,7 +49,7 @@ pub const MAX_RESULT_ENTRIES: usize = 1 << 26;
 /// Most records named in one message: labelled ids, moving keys, originals, reply rows.
 pub const MAX_RECORDS: usize = 1 << 24;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const REQUEST_MAGIC: &[u8; 4] = b"NDGQ";
 const TOPK_MAGIC: &[u8; 4] = b"NDGK";
 const REPLY_MAGIC: &[u8; 4] = b"NDGR";
@@ -90,6 +91,9 @@ impl Writer {
         self.0.extend_from_slice(&x.to_le_bytes());
     }
     pub fn f32(&mut self, x: f32) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    pub fn u32(&mut self, x: u32) {
         self.0.extend_from_slice(&x.to_le_bytes());
     }
     pub fn bytes(&mut self, b: &[u8]) {
@@ -148,6 +152,10 @@ impl<'a> Reader<'a> {
     pub fn f32(&mut self) -> Result<f32> {
         let b = self.take(4)?;
         Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     /// A u64 that is a size (`usize::MAX` if it does not fit: any limit rejects it).
     pub fn size(&mut self) -> Result<usize> {
@@ -240,6 +248,9 @@ pub struct Request {
     pub originals: HashMap<String, (i64, Vec<f32>)>,
     /// Whether to return the addresses (distribution column values) of rows to write.
     pub writing: bool,
+    /// A partitioned pass: the column whose values (as text) the spec's partition values
+    /// name; the reply then carries every labelled row's value.
+    pub partition_column: Option<String>,
 }
 
 impl Request {
@@ -254,6 +265,10 @@ impl Request {
             w.f32s(original.iter().copied());
         }
         w.u64(self.writing as u64);
+        w.u64(self.partition_column.is_some() as u64);
+        if let Some(c) = &self.partition_column {
+            w.bytes(c.as_bytes());
+        }
         w.0
     }
 
@@ -286,12 +301,17 @@ impl Request {
             }
         }
         let writing = r.flag()?;
+        let partition_column = if r.flag()? { Some(r.text()?) } else { None };
+        if spec.query_parts.is_some() && partition_column.is_none() {
+            return Err(r.malformed("query partitions without a partition column"));
+        }
         r.end()?;
         Ok(Request {
             spec,
             labelled,
             originals,
             writing,
+            partition_column,
         })
     }
 }
@@ -304,6 +324,8 @@ pub struct Reply {
     pub labelled_seen: Vec<u64>,
     /// Rows the fit may write: (key, id, distribution column value, started from an original).
     pub rows: Vec<(u64, String, Option<String>, bool)>,
+    /// A partitioned pass: the partition value of each of `labelled_seen` (else empty).
+    pub labelled_parts: Vec<Option<String>>,
 }
 
 impl Reply {
@@ -323,6 +345,13 @@ impl Reply {
             }
             w.u64(*from_original as u64);
         }
+        w.u64(!self.labelled_parts.is_empty() as u64);
+        for v in &self.labelled_parts {
+            w.u64(v.is_some() as u64);
+            if let Some(v) = v {
+                w.bytes(v.as_bytes());
+            }
+        }
         w.0
     }
 
@@ -335,7 +364,7 @@ impl Reply {
         };
         let partial = Partial::from_bytes(r.bytes()?)?;
         let n = r.count("labelled keys of a shard reply", MAX_RECORDS, 8)?;
-        let labelled_seen = (0..n).map(|_| r.u64()).collect::<Result<_>>()?;
+        let labelled_seen: Vec<u64> = (0..n).map(|_| r.u64()).collect::<Result<_>>()?;
         let n = r.count("rows of a shard reply", MAX_RECORDS, 32)?;
         let mut rows = Vec::with_capacity(n);
         for _ in 0..n {
@@ -344,11 +373,24 @@ impl Reply {
             let dist = if r.flag()? { Some(r.text()?) } else { None };
             rows.push((key, id, dist, r.flag()?));
         }
+        let labelled_parts = if r.flag()? {
+            let n: usize = labelled_seen.len();
+            if n == 0 {
+                return Err(r.malformed("partition values without labelled keys"));
+            }
+            r.need(n, 8)?;
+            (0..n)
+                .map(|_| if r.flag()? { r.text().map(Some) } else { Ok(None) })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         r.end()?;
         Ok(Ok(Reply {
             partial,
             labelled_seen,
             rows,
+            labelled_parts,
         }))
     }
 }
@@ -560,6 +602,8 @@ mod tests {
             k: (nq > 0).then_some(3),
             queries: rng.matrix(nq, dim),
             moving_keys: (0..nm as u64).map(|i| 2 * i + 1).collect(),
+            query_parts: None,
+            partition_values: Vec::new(),
         }
     }
 
@@ -569,6 +613,7 @@ mod tests {
             labelled: (0..6).map(|i| (format!("doc{i}"), i)).collect(),
             originals: [("doc9".to_string(), (-7i64, vec![0.5f32; 5]))].into(),
             writing: true,
+            partition_column: None,
         }
     }
 
@@ -602,8 +647,22 @@ mod tests {
                 (1, "doc1".into(), Some("x".into()), false),
                 (9, "doc9".into(), None, true),
             ],
+            labelled_parts: Vec::new(),
         };
-        assert_eq!(Reply::parse(&reply.to_bytes()).unwrap(), Ok(reply));
+        assert_eq!(Reply::parse(&reply.to_bytes()).unwrap(), Ok(reply.clone()));
+        // partitioned: the request names the column, the reply each labelled row's value
+        let mut preq = req.clone();
+        preq.spec.query_parts = Some(vec![0, 1, 0, 0]);
+        preq.spec.partition_values = vec!["a".into(), "b".into()];
+        preq.partition_column = Some("tenant id".into());
+        assert_eq!(Request::from_bytes(&preq.to_bytes()).unwrap(), preq);
+        let mut bad = preq.clone();
+        bad.partition_column = None;
+        malformed(Request::from_bytes(&bad.to_bytes()));
+        let preply = Reply { labelled_parts: vec![Some("a".into()), None], ..reply.clone() };
+        assert_eq!(Reply::parse(&preply.to_bytes()).unwrap(), Ok(preply));
+        let bad = Reply { labelled_seen: vec![], labelled_parts: vec![None], ..reply };
+        malformed(Reply::parse(&bad.to_bytes()));
         let runs = vec![vec![(3u64, 0.5f32), (1, -0.25)], vec![]];
         assert_eq!(
             TopKRequest::parse_reply(&TopKRequest::reply_bytes(&runs)).unwrap(),
@@ -664,6 +723,8 @@ mod tests {
             k: None,
             queries: Array2::zeros((0, 1 << 40)),
             moving_keys: vec![1, 2, 3],
+            query_parts: None,
+            partition_values: Vec::new(),
         };
         too_large(ShardPass::new(huge).map(|_| ()));
         let ok = ShardSpec {
@@ -671,6 +732,8 @@ mod tests {
             k: None,
             queries: Array2::zeros((0, MAX_DIM)),
             moving_keys: vec![1, 2, 3],
+            query_parts: None,
+            partition_values: Vec::new(),
         };
         ShardPass::new(ok).unwrap();
         // k, queries x k
@@ -748,7 +811,7 @@ mod tests {
         }
         // a version from elsewhere
         let mut v2 = b.clone();
-        v2[4] = 2;
+        v2[4] = 3;
         malformed(Request::from_bytes(&v2));
         // a spec that does not validate
         let mut r = req.clone();
@@ -861,6 +924,7 @@ pub mod fuzzing {
         a.spec == b.spec
             && a.labelled == b.labelled
             && a.writing == b.writing
+            && a.partition_column == b.partition_column
             && a.originals.len() == b.originals.len()
             && a.originals.iter().all(|(id, (w, v))| {
                 b.originals
@@ -900,14 +964,20 @@ pub mod fuzzing {
         while keys.len() < rows.nrows() {
             keys.push(u64::MAX - keys.len() as u64);
         }
-        let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+        // rows of the first partition and of one no query has
+        let parts: Option<Vec<u32>> = spec
+            .query_parts
+            .as_ref()
+            .map(|_| (0..keys.len()).map(|i| [0, NO_PARTITION][i % 2]).collect());
+        let parts = parts.as_deref();
+        let _ = sp.push_batch_in(&keys, rows.view(), parts, &mut Hooks::noop());
         // again: the moving keys are now duplicates (an error), the static keys are new ones
         let n_moving = keys
             .iter()
             .filter(|k| spec.moving_keys.binary_search(k).is_ok())
             .count();
         keys.iter_mut().skip(n_moving).for_each(|k| *k -= 1 << 20);
-        let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+        let _ = sp.push_batch_in(&keys, rows.view(), parts, &mut Hooks::noop());
         let p = sp.finish();
         let bytes = p.to_bytes();
         assert_eq!(Partial::from_bytes(&bytes).as_ref(), Ok(&p));
@@ -915,6 +985,7 @@ pub mod fuzzing {
             partial: p,
             labelled_seen: vec![1],
             rows: vec![(1, "x".into(), None, false)],
+            labelled_parts: if spec.query_parts.is_some() { vec![Some("tenant a".into())] } else { Vec::new() },
         };
         assert_eq!(Reply::parse(&reply.to_bytes()), Ok(Ok(reply)));
     }
@@ -931,11 +1002,19 @@ pub mod fuzzing {
         let mut matrix = |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| unif());
         let mut out = Vec::new();
         for (nq, dim, nm) in [(0, 1, 0), (1, 3, 2), (4, 5, 3), (2, 16, 0), (0, 7, 5)] {
+            // (two partitions when there are several queries)
+            let parted = nq >= 2;
             let spec = ShardSpec {
                 dim,
                 k: (nq > 0).then_some(1 + nq),
                 queries: matrix(nq, dim),
                 moving_keys: (0..nm as u64).map(|i| 3 * i).collect(),
+                query_parts: parted.then(|| (0..nq as u32).map(|i| i % 2).collect()),
+                partition_values: if parted {
+                    vec!["tenant a".into(), "b".into()]
+                } else {
+                    Vec::new()
+                },
             };
             out.push(spec.to_bytes());
             let req = Request {
@@ -950,12 +1029,14 @@ pub mod fuzzing {
                     })
                     .collect(),
                 writing: nm % 2 == 0,
+                partition_column: parted.then(|| "tenant".into()),
             };
             out.push(req.to_bytes());
             let mut sp = ShardPass::new(spec.clone()).unwrap();
             let rows = matrix(4, dim);
             let keys: Vec<u64> = vec![0, 100, 101, 3];
-            let _ = sp.push_batch(&keys, rows.view(), &mut Hooks::noop());
+            let parts = parted.then_some([0u32, 1, NO_PARTITION, 1]);
+            let _ = sp.push_batch_in(&keys, rows.view(), parts.as_ref().map(|p| &p[..]), &mut Hooks::noop());
             let partial = sp.finish();
             out.push(partial.to_bytes());
             let reply = Reply {
@@ -971,6 +1052,11 @@ pub mod fuzzing {
                         )
                     })
                     .collect(),
+                labelled_parts: if parted && nm > 0 {
+                    (0..nm).map(|k| (k % 2 == 0).then(|| format!("t{k}"))).collect()
+                } else {
+                    Vec::new()
+                },
             };
             out.push(reply.to_bytes());
             if nq > 0 {

@@ -454,7 +454,7 @@ BEGIN
   END;
   IF b IS NULL THEN
     RETURN 'NULL';
-  ELSIF pg_catalog.length(b) >= 22 AND pg_catalog.substr(b, 1, 6) = '\x4e4447520145'::bytea THEN  -- NDGR 1 E
+  ELSIF pg_catalog.length(b) >= 22 AND pg_catalog.substr(b, 1, 6) = '\x4e4447520245'::bytea THEN  -- NDGR 2 E
     SELECT pg_catalog.sum(pg_catalog.get_byte(b, 6 + i)::bigint << (8 * i)) INTO code FROM pg_catalog.generate_series(0, 7) AS i;
     SELECT pg_catalog.string_agg(pg_catalog.chr((((code >> (6 * i)) & 63) + 48)::int), '' ORDER BY i) INTO state
       FROM pg_catalog.generate_series(0, 4) AS i;
@@ -463,7 +463,7 @@ BEGIN
     INSERT INTO chk.cases (who, stmt, sqlstate) VALUES (current_user, stmt, state);
     RETURN pg_catalog.concat('error reply ', state, ': ', pg_catalog.regexp_replace(msg, 'OID [1-9][0-9]*', 'OID <n>', 'g'),
                              CASE WHEN state LIKE 'XX%' THEN '   <-- INTERNAL ERROR' END);
-  ELSIF pg_catalog.substr(b, 1, 6) = '\x4e444752014f'::bytea THEN  -- NDGR 1 O
+  ELSIF pg_catalog.substr(b, 1, 6) = '\x4e444752024f'::bytea THEN  -- NDGR 2 O
     RETURN 'ok reply';
   ELSE
     RETURN pg_catalog.format('a reply of %s bytes that is not nudge''s', pg_catalog.length(b));
@@ -477,14 +477,15 @@ CREATE FUNCTION chk.u64(x numeric) RETURNS bytea LANGUAGE sql IMMUTABLE SET sear
 $$;
 CREATE FUNCTION chk.spec(dim numeric, k numeric, nq numeric, nm numeric, rest bytea DEFAULT '\x') RETURNS bytea
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT '\x4e44475301'::bytea || chk.u64(dim) || chk.u64(k) || chk.u64(nq) || chk.u64(nm) || rest
+  SELECT '\x4e44475302'::bytea || chk.u64(dim) || chk.u64(k) || chk.u64(nq) || chk.u64(nm) || rest
+         || chk.u64(0) || chk.u64(0)  -- no partitions
 $$;
 CREATE FUNCTION chk.pass_request(spec bytea) RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT '\x4e44475101'::bytea || chk.u64(length(spec)) || spec || chk.u64(0) || chk.u64(0) || chk.u64(0)
+  SELECT '\x4e44475102'::bytea || chk.u64(length(spec)) || spec || chk.u64(0) || chk.u64(0) || chk.u64(0) || chk.u64(0)
 $$;
 CREATE FUNCTION chk.topk_request(k numeric, dim numeric, nfloats numeric, floats bytea) RETURNS bytea
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT '\x4e44474b01'::bytea || chk.u64(k) || chk.u64(6) || convert_to('cosine', 'UTF8') || chk.u64(dim)
+  SELECT '\x4e44474b02'::bytea || chk.u64(k) || chk.u64(6) || convert_to('cosine', 'UTF8') || chk.u64(dim)
          || chk.u64(nfloats) || floats || chk.u64(0)
 $$;
 
@@ -922,16 +923,16 @@ SELECT chk.shard($$SELECT nudge_shard_pass(ARRAY['pg_class'::regclass::oid], 'oi
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x')$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\xdeadbeef')$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, (SELECT decode(string_agg(md5(i::text), ''), 'hex') FROM generate_series(1, 64) i))$$);
-SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475102')$$);
-SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475101' || chk.u64(18446744073709551615))$$);
-SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request('\x4e44475301'))$$);
+SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475103')$$);
+SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475102' || chk.u64(18446744073709551615))$$);
+SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request('\x4e44475302'))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(0, 0, 0, 0)))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(4, 10, 1000000000, 0)))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(4, 0, 0, 18446744073709551615)))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(4611686018427387904, 0, 4, 0)))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(1, 1, 1, 0, '\x0000c07f')))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(1, 0, 0, 2, chk.u64(5) || chk.u64(5))))$$);
-SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475101' || chk.u64(length(chk.spec(4, 0, 0, 0))) || chk.spec(4, 0, 0, 0) || chk.u64(1000000000000))$$);
+SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, '\x4e44475102' || chk.u64(length(chk.spec(4, 0, 0, 0))) || chk.spec(4, 0, 0, 0) || chk.u64(1000000000000))$$);
 SELECT chk.shard($$SELECT nudge_shard_pass('{}', 'id', 'embedding', NULL, chk.pass_request(chk.spec(4, 0, 0, 0)) || '\x00')$$);
 SELECT chk.shard($$SELECT nudge_shard_topk(NULL, NULL, NULL, NULL)$$);
 SELECT chk.shard($$SELECT nudge_shard_topk(ARRAY['attack.docs_102008'::regclass::oid], 'id', 'embedding', NULL)$$);
@@ -1239,25 +1240,25 @@ CREATE FUNCTION pg_temp.u64(x numeric) RETURNS bytea LANGUAGE sql AS $$
 $$;
 CREATE FUNCTION pg_temp.reply(b bytea) RETURNS text LANGUAGE sql AS $$
   SELECT CASE WHEN b IS NULL THEN 'NULL'
-              WHEN substr(b, 1, 6) = '\x4e4447520145'::bytea THEN 'error reply ' ||
+              WHEN substr(b, 1, 6) = '\x4e4447520245'::bytea THEN 'error reply ' ||
                    (SELECT string_agg(chr((((c >> (6 * i)) & 63) + 48)::int), '' ORDER BY i)
                       FROM (SELECT sum(get_byte(b, 6 + j)::bigint << (8 * j))::bigint AS c FROM generate_series(0, 7) AS j) AS x,
                            generate_series(0, 4) AS i)
-              WHEN substr(b, 1, 6) = '\x4e444752014f'::bytea THEN 'ok reply'
+              WHEN substr(b, 1, 6) = '\x4e444752024f'::bytea THEN 'ok reply'
               ELSE 'not a reply' END
 $$;
 \set VERBOSITY terse
 SELECT pg_temp.reply(nudge_shard_pass('{}', 'id', 'embedding', NULL,
-         '\x4e44475101'::bytea || pg_temp.u64(45) || '\x4e44475301'::bytea || pg_temp.u64(1099511627776)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS huge_dim;
+         '\x4e44475102'::bytea || pg_temp.u64(61) || '\x4e44475302'::bytea || pg_temp.u64(1099511627776)
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0)
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS huge_dim;
 SELECT 1 AS still_connected;
 SELECT pg_temp.reply(nudge_shard_pass('{}', 'id', 'embedding', NULL,
-         '\x4e44475101'::bytea || pg_temp.u64(45) || '\x4e44475301'::bytea || pg_temp.u64(2305843009213693952)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0)
-         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS dim_past_memory;
+         '\x4e44475102'::bytea || pg_temp.u64(61) || '\x4e44475302'::bytea || pg_temp.u64(2305843009213693952)
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(1) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0)
+         || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS dim_past_memory;
 SELECT 1 AS still_connected;
 SELECT pg_temp.reply(nudge_shard_topk('{}', 'id', 'embedding',
-         '\x4e44474b01'::bytea || pg_temp.u64(10) || pg_temp.u64(6) || convert_to('cosine', 'UTF8')
+         '\x4e44474b02'::bytea || pg_temp.u64(10) || pg_temp.u64(6) || convert_to('cosine', 'UTF8')
          || pg_temp.u64(1099511627776) || pg_temp.u64(0) || pg_temp.u64(0))) AS topk_huge_dim;
 SELECT 1 AS still_connected;

@@ -101,7 +101,7 @@ SELECT t($$SELECT * FROM nudge_fit('d_matview', 'embedding', 'q', 'qrels', gamma
 SELECT t($$SELECT * FROM nudge_fit('d_matview', 'embedding', 'q', 'qrels', gamma => 0.2, dry_run => true)$$, 'd_matview');
 CREATE SEQUENCE d_seq;
 SELECT t($$SELECT * FROM nudge_fit('d_seq', 'embedding', 'q', 'qrels')$$);
--- == NULL arguments: nudge_fit refuses them; the other functions are STRICT (no row)
+-- == NULL arguments: nudge_fit refuses them; the other functions answer no row (as STRICT ones do)
 SELECT t($$SELECT * FROM nudge_fit(NULL, 'embedding', 'q', 'qrels')$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', NULL, 'q', 'qrels')$$);
 SELECT t($$SELECT * FROM nudge_fit('docs', 'embedding', NULL, 'qrels')$$);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::nudge::NegativeRule;
 use crate::partial::ShardPass;
 use crate::split::permutation;
 use crate::testutil::Rng;

@@ -145,7 +145,7 @@ fn address_columns(corpus: &Corpus) -> String {
 
 /// How many columns [`address_columns`] selects.
 fn address_width(corpus: &Corpus) -> usize {
-    match (&corpus.placement, corpus.writing) {
+    match (&corpus.placement, corpus.addressing) {
         (_, false) | (Placement::Citus { dist: None, .. } | Placement::View, _) => 0,
         (Placement::Local, true) => 2,
         (Placement::Citus { dist: Some(_), .. }, true) => 1,

@@ -176,6 +176,23 @@ SELECT round(gamma::numeric, 6) = :'held_gamma' AS same_gamma,
        round(validation_after::numeric, 9) = :'held_after' AS same_after
   FROM nudge_fit('docs', 'embedding', 'tq', 'tqrels', validation_queries => 'vq', validation_qrels => 'vqrels',
                  dry_run => true, partition => 'tenant');
+-- a guarded refit of a partitioned fit: the guard queries carry the tenant too, and rank only
+-- their tenant's rows (its numbers are nudge_evaluate(partition => 'tenant') before and after)
+CREATE TABLE gq AS SELECT id + 1000 AS id, tenant, embedding FROM vq;
+CREATE TABLE gqrels AS SELECT query_id + 1000 AS query_id, doc_id, score FROM vqrels;
+SELECT fit_id AS pfit FROM nudge_fit('docs', 'embedding', 'tq', 'tqrels', gamma => 0.3, partition => 'tenant') \gset
+SELECT ndcg AS g_now FROM nudge_evaluate('docs', 'embedding', 'gq', 'gqrels', partition => 'tenant') \gset
+SET client_min_messages = warning;
+SELECT fit_id AS prefit, status, abs(guard_before - :g_now) < 1e-12 AS before_is_evaluate, guard_after AS g_after
+  FROM nudge_refit(:pfit, guard_queries => 'gq', guard_qrels => 'gqrels', guard_tolerance => 1) \gset
+RESET client_min_messages;
+SELECT :'status' AS status, :'before_is_evaluate' AS before_is_evaluate, p.partition,
+       abs(e.ndcg - :g_after) < 1e-12 AS after_is_evaluate
+  FROM nudge_evaluate('docs', 'embedding', 'gq', 'gqrels', partition => 'tenant') e, nudge.fits p WHERE p.fit_id = :prefit;
+SELECT nudge_revert(:prefit) > 0 AS reverted, nudge_revert(:pfit) > 0 AS reverted_first;
+-- guard queries without the tenant column
+CREATE TABLE gq_flat AS SELECT id, embedding FROM gq;
+SELECT fails($$SELECT * FROM nudge_refit($$ || :pfit || $$, dry_run => true, guard_queries => 'gq_flat', guard_qrels => 'gqrels')$$);
 SET client_min_messages = warning;
 DROP SCHEMA part CASCADE;
 RESET client_min_messages;

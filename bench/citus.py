@@ -16,7 +16,7 @@ backend's VmHWM. --dry-run adds the same three with dry_run => true. Tables (ben
 are loaded once and kept; bench_meta says what they hold. Results: bench/out/citus.json
 (sizes measured earlier are kept) and a markdown table per size on stdout.
 
-    PGPORT=<coordinator port> python bench/citus.py --sizes 100000,1000000 [--reps 3] [--dry-run]
+    PGPORT=<coordinator port> python bench/citus.py --sizes 100000,1000000 [--reps 3] [--dry-run] [--max-load 1]
 
 Needs root (reads /proc of the server's backend) and a cluster as scripts/citus.sh starts it
 (database nudge_citus, user postgres, trust; the nudge build installed on all nodes). The
@@ -42,7 +42,9 @@ if "CITUS_COORD_PORT" in os.environ:
 
 import data  # noqa: E402
 from common import (DIM, OUT, ROOT, backend_pid, connect, log, machine, meta_matches, proc_status,  # noqa: E402
-                    set_meta, summary, write_json)
+                    set_meta, summary, wait_quiet, write_json)
+
+QUIET = {"max_load": float("inf"), "timeout": 0}  # --max-load / --wait
 
 VARIANTS = {"single": "single node (plain table)", "push": "Citus, pushdown", "pull": "Citus, coordinator pull"}
 SHARDS = 32
@@ -136,7 +138,7 @@ def run_once(n, variant, dry_run):
         if variant == "pull":
             c.execute("SET nudge.citus_pushdown = off")
         c.execute("SET client_min_messages = debug1")  # same in all three (cheap: a few messages)
-        load = os.getloadavg()[0]  # other work on the machine shows here
+        load, waited = wait_quiet(QUIET["max_load"], QUIET["timeout"])  # other work on the machine shows here
         r0 = rchar(pid)
         t0 = time.perf_counter()
         row = c.execute(fit_sql(base, table, dry_run)).fetchone()
@@ -156,7 +158,7 @@ def run_once(n, variant, dry_run):
         assert answered, f"no pushdown: {notices[-5:]}"
     else:
         assert not answered, f"{variant}: unexpected pushdown: {answered}"
-    return {"seconds": secs, "loadavg_before": load, "debug": answered[0] if answered else None, "in_function_seconds": inner, "gamma": gamma, "records_changed": changed,
+    return {"seconds": secs, "loadavg_before": load, "waited_s": waited, "debug": answered[0] if answered else None, "in_function_seconds": inner, "gamma": gamma, "records_changed": changed,
             "validation_before": vb, "validation_after": va, "rchar": read, "shard_reply_bytes": reply,
             "vmhwm": hwm}
 
@@ -231,7 +233,11 @@ def main():
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dry-run", action="store_true", help="also measure dry_run => true (after the applied fits)")
+    ap.add_argument("--max-load", type=float, default=float("inf"),
+                    help="start each fit only when the 1-minute load average is below this (waits)")
+    ap.add_argument("--wait", type=int, default=1800, help="longest wait for --max-load, seconds")
     a = ap.parse_args()
+    QUIET.update(max_load=a.max_load, timeout=a.wait)
     prev = OUT / "citus.json"
     res = json.loads(prev.read_text()) if prev.exists() else {}
     ensure_db()

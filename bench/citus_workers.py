@@ -34,7 +34,7 @@ if "CITUS_COORD_PORT" in os.environ:
     os.environ.setdefault("PGPORT", os.environ["CITUS_COORD_PORT"])
 
 import citus as cb  # noqa: E402  (bench/citus.py: the database, the tables)
-from common import connect, log, machine, meta_matches, set_meta, write_json  # noqa: E402
+from common import connect, log, machine, meta_matches, set_meta, wait_quiet, write_json  # noqa: E402
 
 
 def workers():
@@ -87,13 +87,6 @@ def pass_ms(ws):
         r = on_worker(w, "SELECT coalesce(sum(total_time), 0) FROM pg_stat_user_functions WHERE funcname = 'nudge_shard_pass'")
         out[w[1]] = float(r[0][0])
     return out
-
-
-def wait_quiet(max_load, timeout):
-    t0 = time.time()
-    while os.getloadavg()[0] >= max_load and time.time() - t0 < timeout:
-        time.sleep(10)
-    return os.getloadavg()[0], round(time.time() - t0)
 
 
 def run(n, table, ws):

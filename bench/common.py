@@ -90,6 +90,15 @@ def set_meta(conn, name, params):
 
 # --------------------------------------------------------------------------- timing
 
+def wait_quiet(max_load, timeout):
+    """Wait (checking every 10 s, at most `timeout` s) until the 1-minute load average is
+    below `max_load`; returns (load average, seconds waited)."""
+    t0 = time.time()
+    while os.getloadavg()[0] >= max_load and time.time() - t0 < timeout:
+        time.sleep(10)
+    return os.getloadavg()[0], round(time.time() - t0)
+
+
 def median(xs):
     return float(statistics.median(xs))
 

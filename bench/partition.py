@@ -2,7 +2,7 @@
 100 partitions (1,000 rows each), 2,000 labelled queries (20 per partition, each near one
 row of its partition), every argument at its default (10 folds), dry runs, interleaved run by
 run; prints the fit's own `seconds`, the client's wall time and the 1-minute load average
-before each run. Usage: python bench/partition.py [--reps 3] [--rows 100000] [--parts 100]
+before each run. Usage: python bench/partition.py [--reps 3] [--rows 100000] [--parts 100] [--max-load 1]
 (libpq variables name the server; the database is (re)created as nudge_bench_partition)."""
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ def load(conn, rows, parts, per_part, dim, seed=0):
 qrels_rows: list = []
 
 
-def run(conn, partition):
+def run(conn, partition, max_load):
     arg = ", partition => 'tenant'" if partition else ""
+    t_wait = time.time()
+    while os.getloadavg()[0] >= max_load and time.time() - t_wait < 900:  # a quiet machine
+        time.sleep(10)
     load1 = os.getloadavg()[0]
     t0 = time.perf_counter()
     secs, gamma, before, after = conn.execute(
@@ -65,6 +68,8 @@ def main():
     ap.add_argument("--parts", type=int, default=100)
     ap.add_argument("--per-part", type=int, default=20)
     ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--max-load", type=float, default=float("inf"),
+                    help="start each fit only when the 1-minute load average is below this (waits up to 15 min)")
     a = ap.parse_args()
     with psycopg.connect(dbname="postgres", autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS nudge_bench_partition WITH (FORCE)")
@@ -81,7 +86,7 @@ def main():
         results = []
         for rep in range(a.reps):
             for partition in (False, True):
-                r = run(conn, partition)
+                r = run(conn, partition, a.max_load)
                 results.append(r)
                 print(f"rep {rep}: {'partitioned  ' if partition else 'unpartitioned'} fit {r['seconds']:.2f} s "
                       f"(wall {r['wall']:.2f} s, load1 {r['load1']:.2f}), gamma {r['gamma']:.3f}, "

@@ -377,57 +377,16 @@ fn run(a: &FitArgs) -> Ran {
     }
     let originals = originals::read(&ext, a.corpus, &corpus.emb);
 
-    // the corpus pass and the choice of gamma: on a held-out split (the update from the training
-    // queries, or from all), or by k folds
-    let (outcome, addresses, n_validation, folds) = match split {
-        Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
-            let (queries, qrels, validation) = labels::train_then_validation(&labels);
-            let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
-            let pass = partition::kfold(pass, &labels, &[&labels.train, &labels.validation], a);
-            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
-            let held = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
-            (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
-        }
-        Split::Tables | Split::Fraction(_) => {
-            let moving = labels::moving_set(&labels);
-            let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
-            let pass = partition::held_out(pass, &labels, a);
-            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
-            let outcome = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
-            (outcome, addresses, labels.validation.vectors.nrows(), None)
-        }
-        Split::Folds(k) => {
-            let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(&labels)));
-            let (train, n) = (&labels.train, labels.n_labelled());
-            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
-            let pass = partition::kfold(pass, &labels, &[train], a);
-            let (pass, addresses) = corpus_pass(&ext, &corpus, &labels, pass, &originals, &mut reporter);
-            let folded = exec::with_hooks(&mut reporter, None, |hooks| pass.finish(hooks)).or_raise();
-            (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
-        }
-    };
+    let (outcome, addresses, n_validation, folds) = pass_and_gamma(a, &ext, &corpus, &labels, &originals, split, update_from, config, &mut reporter);
     let partition_gammas = partition::report_gammas(&labels, &outcome);
     let (rows, records_changed) = apply::rows_to_write(&outcome, &addresses, &originals);
     let verdict = a.guard.as_ref().map(|g| guard::judge(g, &corpus, a.partition, &rows, &mut reporter));
-    let status = match verdict {
-        _ if a.dry_run => "dry_run",
-        Some(v) if !v.accepted => "rejected",
-        _ if a.staged => "staged",
-        _ => "applied",
-    };
-
+    let status = status_of(a, verdict);
     let fit_id = crate::catalog::next_fit_id(&ext);
     if let (Some(v), Some(g)) = (verdict, &a.guard) {
         guard::notice(fit_id, g, &v, status);
     }
-    let written = if status == "rejected" || a.dry_run {
-        apply::Written { rows: 0, skipped: 0 }
-    } else if a.staged {
-        stage::stage(&ext, &corpus, fit_id, &rows, &mut reporter);
-        apply::Written { rows: 0, skipped: 0 }
-    } else {
-        apply::write(&ext, &corpus, fit_id, &rows, &mut reporter)
-    };
+    let written = write_or_stage(&ext, &corpus, fit_id, status, &rows, &mut reporter);
     let seconds = reporter.elapsed();
     record::insert(
         &ext,
@@ -453,4 +412,77 @@ fn run(a: &FitArgs) -> Ran {
     let method = config::method_name(config.method).to_string();
     let row = (fit_id, method, outcome.gamma, records_changed, outcome.validation_before, outcome.validation_after, seconds, written.skipped);
     Ran { row, status, guard: verdict }
+}
+
+/// Phases 4 and 5: the corpus pass and the choice of gamma, on a held-out split (the update
+/// from the training queries, or from all) or by k folds. Returns the outcome, the rows the
+/// fit may write, the validation queries evaluated and the fold count.
+#[allow(clippy::too_many_arguments)]
+fn pass_and_gamma(
+    a: &FitArgs,
+    ext: &crate::catalog::Ext,
+    corpus: &inputs::Corpus,
+    labels: &labels::Labels,
+    originals: &originals::Originals,
+    split: Split,
+    update_from: UpdateFrom,
+    config: nudge_core::gamma::FitConfig,
+    reporter: &mut Reporter,
+) -> (nudge_core::gamma::FitOutcome, pass::Addresses, usize, Option<i32>) {
+    match split {
+        Split::Tables | Split::Fraction(_) if update_from == UpdateFrom::All => {
+            let (queries, qrels, validation) = labels::train_then_validation(labels);
+            let pass = KFoldPass::held_out(queries, qrels, labels.n_labelled(), validation, config).or_raise();
+            let pass = partition::kfold(pass, labels, &[&labels.train, &labels.validation], a);
+            let (pass, addresses) = corpus_pass(ext, corpus, labels, pass, originals, reporter);
+            let held = exec::with_hooks(reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (held.fit, addresses, held.fold_evaluated.iter().sum(), None)
+        }
+        Split::Tables | Split::Fraction(_) => {
+            let moving = labels::moving_set(labels);
+            let pass = FitPass::new(moving, labels.validation.vectors.clone(), labels.validation.qrels.clone(), config).or_raise();
+            let pass = partition::held_out(pass, labels, a);
+            let (pass, addresses) = corpus_pass(ext, corpus, labels, pass, originals, reporter);
+            let outcome = exec::with_hooks(reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (outcome, addresses, labels.validation.vectors.nrows(), None)
+        }
+        Split::Folds(k) => {
+            let k = k.unwrap_or_else(|| config::default_folds(labels::labelled_queries(labels)));
+            let (train, n) = (&labels.train, labels.n_labelled());
+            let pass = KFoldPass::new(train.vectors.clone(), train.qrels.clone(), n, k, a.seed as u32, config).or_raise();
+            let pass = partition::kfold(pass, labels, &[train], a);
+            let (pass, addresses) = corpus_pass(ext, corpus, labels, pass, originals, reporter);
+            let folded = exec::with_hooks(reporter, None, |hooks| pass.finish(hooks)).or_raise();
+            (folded.fit, addresses, folded.fold_evaluated.iter().sum(), Some(k as i32))
+        }
+    }
+}
+
+/// What the fit is: a dry run, rejected by its guard, staged or applied.
+fn status_of(a: &FitArgs, verdict: Option<guard::Verdict>) -> &'static str {
+    match verdict {
+        _ if a.dry_run => "dry_run",
+        Some(v) if !v.accepted => "rejected",
+        _ if a.staged => "staged",
+        _ => "applied",
+    }
+}
+
+/// Phase 6: write the rows (applied), keep them in nudge.fit_staged (staged), or nothing.
+fn write_or_stage(
+    ext: &crate::catalog::Ext,
+    corpus: &inputs::Corpus,
+    fit_id: i64,
+    status: &str,
+    rows: &[crate::write::RowWrite],
+    reporter: &mut Reporter,
+) -> apply::Written {
+    match status {
+        "applied" => apply::write(ext, corpus, fit_id, rows, reporter),
+        "staged" => {
+            stage::stage(ext, corpus, fit_id, rows, reporter);
+            apply::Written { rows: 0, skipped: 0 }
+        }
+        _ => apply::Written { rows: 0, skipped: 0 },
+    }
 }

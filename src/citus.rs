@@ -120,14 +120,16 @@ pub fn by_shard(rel: pg_sys::Oid, values: &[&str]) -> Vec<Vec<usize>> {
 /// Through Citus's `master_run_on_worker`: the workers run in parallel, each on a connection of
 /// its own, outside the caller's transaction (they read committed rows). The request goes to
 /// each worker once (not once per shard), and each answers one merged partial. Bytes travel as
-/// hex text both ways.
+/// base64 text both ways. (A request is megabytes, the validation queries: each command is
+/// built in one buffer, as every copy of it on the way costs.)
 ///
 /// The shard functions are internal (not executable by PUBLIC): the calls go to the workers as
 /// the extension's owner, for a caller who may SELECT every row of the table (checked here).
 pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, request: &[u8], mut each: impl FnMut(&str, Vec<u8>)) {
     crate::catalog::require_read_vectors(table, table_sql, "rows on the workers");
     check_workers();
-    let request = format!("pg_catalog.decode('{}', 'hex')", hex(request));
+    let (before, after) = call.split_once("{request}").unwrap_or((call, ""));
+    let request = base64(request);
     let (mut names, mut ports, mut commands) = (Vec::<String>::new(), Vec::<i32>::new(), Vec::<String>::new());
     // one active placement per shard
     let shards = "SELECT n.nodename, n.nodeport,
@@ -150,14 +152,18 @@ pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, reque
             names.push(b.text(row, 1).unwrap_or_default());
             ports.push(b.datum(row, 2).and_then(|d| unsafe { i32::from_datum(d, false) }).unwrap_or_default());
             let list = format!("ARRAY[{}]::pg_catalog.regclass[]::pg_catalog.oid[]", b.text(row, 3).unwrap_or_default());
-            commands.push(format!(
-                "SELECT pg_catalog.encode({}, 'hex')",
-                call.replace("{shards}", &list).replace("{request}", &request)
-            ));
+            let (before, after) = (before.replace("{shards}", &list), after.replace("{shards}", &list));
+            let mut command = String::with_capacity(request.len() + before.len() + after.len() + 100);
+            for part in ["SELECT pg_catalog.encode(", &before, "pg_catalog.decode('", &request, "', 'base64')", &after, ", 'base64')"] {
+                command.push_str(part);
+            }
+            commands.push(command);
         }
     });
     let mut replies = Vec::new();
-    crate::catalog::as_owner_on_workers(e, || read::for_each_batch(
+    // (the replies, megabytes of text, are collected in a tuplestore: in memory, not spilled
+    // to a temporary file at the default work_mem of 4 MB)
+    crate::guc::with_setting(c"work_mem", c"1GB", || crate::catalog::as_owner_on_workers(e, || read::for_each_batch(
         "SELECT pg_catalog.concat(node_name, ':', node_port), success, result FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
         &[names.into(), ports.into(), commands.into()],
         |b| {
@@ -166,7 +172,7 @@ pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, reque
                 replies.push((b.text(row, 1).unwrap_or_default(), ok, b.text(row, 3).unwrap_or_default()));
             }
         },
-    ));
+    )));
     for (node, ok, result) in replies {
         if !ok {
             raise_with(
@@ -176,7 +182,7 @@ pub fn on_shards(e: &Ext, table: pg_sys::Oid, table_sql: &str, call: &str, reque
                 Some("Check that every worker is up (or SET nudge.citus_pushdown = off).".into()),
             );
         }
-        let bytes = unhex(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
+        let bytes = unbase64(&result).unwrap_or_else(|m| malformed(&node, table_sql, &m));
         each(&node, bytes);
     }
 }
@@ -221,17 +227,81 @@ pub fn malformed(node: &str, table_sql: &str, why: &str) -> ! {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// `bytes` in base64 (RFC 4648, padded, one line): what `pg_catalog.decode(.., 'base64')` reads.
+fn base64(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = u32::from(c[0]) << 16 | u32::from(*c.get(1).unwrap_or(&0)) << 8 | u32::from(*c.get(2).unwrap_or(&0));
+        out.extend([18, 12, 6, 0].map(|shift| BASE64[(n >> shift & 63) as usize]));
+        if c.len() < 3 {
+            let len = out.len();
+            out[len - (3 - c.len())..].fill(b'=');
+        }
     }
-    s
+    // SAFETY: every byte pushed is ASCII.
+    unsafe { String::from_utf8_unchecked(out) }
 }
 
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8).ok_or("not hex");
-    s.as_bytes().chunks(2).map(|p| if p.len() == 2 { Ok(digit(p[0])? << 4 | digit(p[1])?) } else { Err("odd length") }).collect::<Result<_, _>>().map_err(str::to_string)
+/// The bytes of base64 text as `pg_catalog.encode(.., 'base64')` writes it (with a line break
+/// every 76 characters); `Err` if it is not base64.
+fn unbase64(s: &str) -> Result<Vec<u8>, String> {
+    const NOT: u8 = 0xff;
+    const VALUE: [u8; 256] = {
+        let mut t = [NOT; 256];
+        let mut i = 0;
+        while i < 64 {
+            t[BASE64[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits, mut pad) = (0u32, 0u32, 0usize);
+    for &c in s.as_bytes() {
+        match c {
+            b'\n' | b'\r' => continue,
+            b'=' => pad += 1,
+            _ if pad > 0 => return Err("data after padding".into()),
+            _ => {
+                let v = VALUE[c as usize];
+                if v == NOT {
+                    return Err("not base64".into());
+                }
+                acc = acc << 6 | u32::from(v);
+                bits += 6;
+                if bits >= 8 {
+                    bits -= 8;
+                    out.push((acc >> bits) as u8);
+                }
+            }
+        }
+    }
+    if pad > 2 || (bits + 6 * pad as u32) % 8 != 0 {
+        return Err("truncated base64".into());
+    }
+    Ok(out)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Our base64 against PostgreSQL's encode/decode, every length mod 3, all byte values.
+    #[pg_test]
+    fn base64_matches_postgres() {
+        for len in [0usize, 1, 2, 3, 4, 5, 57, 58, 59, 1000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let ours = super::base64(&bytes);
+            let theirs = Spi::get_one_with_args::<String>("SELECT pg_catalog.encode($1, 'base64')", &[bytes.clone().into()]).unwrap().unwrap();
+            assert_eq!(super::unbase64(&theirs).unwrap(), bytes, "decoding PostgreSQL's base64 of {len} bytes");
+            let back = Spi::get_one_with_args::<Vec<u8>>("SELECT pg_catalog.decode($1, 'base64')", &[ours.clone().into()]).unwrap().unwrap();
+            assert_eq!(back, bytes, "PostgreSQL decoding our base64 of {len} bytes");
+        }
+        assert!(super::unbase64("QUJD!").is_err());
+        assert!(super::unbase64("QQ=A").is_err());
+        assert!(super::unbase64("QUJ").is_err());
+    }
 }

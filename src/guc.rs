@@ -64,3 +64,35 @@ pub fn init() {
         GucFlags::default(),
     );
 }
+
+/// Run `f` with PostgreSQL setting `name` set to `value`, as a function's `SET` clause does:
+/// in a GUC nest level of its own, restored when `f` returns (an error aborts the transaction,
+/// which restores it too).
+pub fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                // SAFETY: pops the nest level pushed below, on the backend's thread.
+                unsafe { pgrx::pg_sys::AtEOXact_GUC(true, self.0) };
+            }
+        }
+    }
+    // SAFETY: the fmgr_security_definer pattern: a new nest level, a session-level SAVE.
+    let level = unsafe {
+        let level = pgrx::pg_sys::NewGUCNestLevel();
+        pgrx::pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_USERSET,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let _restore = Restore(level);
+    f()
+}

@@ -165,6 +165,97 @@ pub(crate) fn key_match(id: &Column, dist: Option<&Column>, id_expr: &str, dist_
     s
 }
 
+/// How a batch's vectors travel as the statement's `$1`: one flat `real[]`, or, to Citus
+/// shards, the same floats as little-endian bytes (`bytea`) that [`nudge_floats`] decodes row
+/// by row on the worker. Citus sends a statement's parameters to the worker as text, and a
+/// float printed in decimal and parsed back costs ~40x its two hex bytes per byte: with
+/// `real[]`, those conversions were most of a routed write (BENCHMARKS.md).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flat {
+    Real,
+    Bytes,
+}
+
+impl Flat {
+    /// Bytes to the shards of a Citus table, `real[]` elsewhere (SPI passes datums as they are).
+    pub(crate) fn of(placement: &Placement) -> Flat {
+        match placement {
+            Placement::Citus { .. } => Flat::Bytes,
+            Placement::Local | Placement::View => Flat::Real,
+        }
+    }
+
+    /// `values` (the batch's vectors, row after row) as `$1`.
+    pub(crate) fn arg(self, values: &[f32]) -> DatumWithOid<'static> {
+        match self {
+            Flat::Real => real_array(values),
+            Flat::Bytes => values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+        }
+    }
+
+    /// The vector of input row `ord` (from 1) of dimension `dim` in `$1`, as `real[]` (SQL).
+    pub(crate) fn row(self, e: &Ext, ord: &str, dim: &str) -> String {
+        match self {
+            // (a slice's lower bound is 1)
+            Flat::Real => format!("$1[({ord} - 1) * {dim} + 1 : {ord} * {dim}]"),
+            Flat::Bytes => format!(
+                "{}(pg_catalog.substr($1, CAST(({ord} - 1) * {dim} * 4 + 1 AS pg_catalog.int4), {dim} * 4))",
+                catalog::func(e, "nudge_floats")
+            ),
+        }
+    }
+}
+
+/// `nudge_floats(bytes)`: the `real[]` whose elements are `bytes` read as little-endian
+/// float4s, four bytes each (how nudge sends vectors to Citus shards, see [`Flat`]).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nudge_floats(bytes: &[u8]) -> RealArray {
+    use crate::error::{raise, PgSqlErrorCode as Code};
+    if bytes.len() % 4 != 0 {
+        raise(Code::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("nudge_floats: {} bytes are not a whole number of float4 values", bytes.len()));
+    }
+    if bytes.len() / 4 > MAX_ARRAY {
+        raise(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("nudge_floats: {} values exceed the maximum array size ({MAX_ARRAY})", bytes.len() / 4));
+    }
+    RealArray(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// A `real[]` result built in one copy (pgrx's `Vec<f32>` appends element by element: 7 us
+/// for 384 values, called for every row a routed write sends).
+struct RealArray(Vec<f32>);
+
+// SAFETY: returns the datum it builds, a real[].
+unsafe impl pgrx::callconv::BoxRet for RealArray {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: a fresh float4[] datum in the current (the call's) memory context.
+        unsafe { fcinfo.return_raw_datum(real_array_datum(&self.0)) }
+    }
+}
+
+// SAFETY: the SQL type of `Vec<f32>`, which this is.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RealArray {
+    const TYPE_IDENT: &'static str = <Vec<f32> as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::TYPE_IDENT;
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin = <Vec<f32> as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::TYPE_ORIGIN;
+    const ARGUMENT_SQL: Result<pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef, pgrx::pgrx_sql_entity_graph::metadata::ArgumentError> =
+        <Vec<f32> as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::ARGUMENT_SQL;
+    const RETURN_SQL: Result<pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef, pgrx::pgrx_sql_entity_graph::metadata::ReturnsError> =
+        <Vec<f32> as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::RETURN_SQL;
+}
+
+/// `nudge_bytes(values)`: the elements of `values` as little-endian float4 bytes, the inverse
+/// of [`nudge_floats`] (how Citus shards return the values a write overwrote: an array of
+/// floats in PostgreSQL's binary form costs a function call per element).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn nudge_bytes(values: Array<'_, f32>) -> Vec<u8> {
+    match values.as_slice() {
+        Ok(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Err(_) => crate::error::raise(crate::error::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "nudge_bytes: the array contains a NULL"),
+    }
+}
+
+/// PostgreSQL's `MaxArraySize`: `MaxAllocSize` (1 GB - 1) over the size of a datum.
+const MAX_ARRAY: usize = 0x3fff_ffff / std::mem::size_of::<pg_sys::Datum>();
+
 /// The batch's addresses as the two array parameters `$2`, `$3` of [`addressing`].
 fn address_args(rows: &[&RowWrite]) -> [DatumWithOid<'static>; 2] {
     match rows.first().map(|r| &r.addr.at) {
@@ -208,6 +299,16 @@ fn backup_expr(t: &str, col: &Column, kind: VecKind) -> (String, &'static str) {
     }
 }
 
+/// The previous value as the write statement returns it: as the backup keeps it, or from a
+/// Citus shard, for `real[]` backups, as its bytes (`nudge_bytes`, see [`Flat`]).
+fn returned_original(e: &Ext, t: &str, col: &Column, kind: VecKind, flat: Flat) -> String {
+    let expr = backup_expr(t, col, kind).0;
+    match (flat, kind) {
+        (Flat::Bytes, VecKind::Vector | VecKind::Halfvec | VecKind::Real) => format!("{}({expr})", catalog::func(e, "nudge_bytes")),
+        _ => expr,
+    }
+}
+
 /// `nudge_digest(values)`: the digest `nudge.fit_backups.written` holds (see
 /// `nudge_core::digest`). NULL elements digest as a value no float has.
 #[pg_extern(immutable, strict, parallel_safe, name = "nudge_digest")]
@@ -230,6 +331,15 @@ fn nudge_digest_double(values: Array<'_, f64>) -> i64 {
 /// A one-dimensional `real[]` holding `values`, built with one copy (pgrx's `Vec<f32>`
 /// conversion appends element by element: ~1 ms for 256 x 384 values).
 pub(crate) fn real_array(values: &[f32]) -> DatumWithOid<'static> {
+    // SAFETY: a float4[] datum.
+    unsafe { DatumWithOid::new(real_array_datum(values), pg_sys::FLOAT4ARRAYOID) }
+}
+
+fn real_array_datum(values: &[f32]) -> pg_sys::Datum {
+    if values.is_empty() {
+        // SAFETY: PostgreSQL's own empty array (no dimensions).
+        return pg_sys::Datum::from(unsafe { pg_sys::construct_empty_array(pg_sys::FLOAT4OID) });
+    }
     // ArrayType header (length, ndim, dataoffset = 0: no NULLs, element type), one dimension
     // and its lower bound: 24 bytes, already MAXALIGNed; then the elements.
     let size = 24 + 4 * values.len();
@@ -242,7 +352,7 @@ pub(crate) fn real_array(values: &[f32]) -> DatumWithOid<'static> {
         std::ptr::write_unaligned(p.add(16) as *mut i32, values.len() as i32);
         std::ptr::write_unaligned(p.add(20) as *mut i32, 1);
         std::ptr::copy_nonoverlapping(values.as_ptr() as *const u8, p.add(24), 4 * values.len());
-        DatumWithOid::new(pg_sys::Datum::from(p), pg_sys::FLOAT4ARRAYOID)
+        pg_sys::Datum::from(p)
     }
 }
 
@@ -276,6 +386,7 @@ pub fn write_in_place(
         return 0;
     }
     let sql = in_place_sql(e, placement, id, col, kind, since);
+    let flat = Flat::of(placement);
     let dim = rows[0].vector.len();
     let total = rows.len() as u64;
     let insert = Previous::insert_sql(kind);
@@ -301,7 +412,7 @@ pub fn write_in_place(
                 _ => Vec::new(),
             };
             let args: Vec<DatumWithOid> =
-                vec![real_array(&vectors), at1, at2, (dim as i32).into(), read.into(), ids.into(), shard.into()];
+                vec![flat.arg(&vectors), at1, at2, (dim as i32).into(), read.into(), ids.into(), shard.into()];
             if stmt.is_none() {
                 let types: Vec<pg_sys::PgOid> = args.iter().map(|a| pg_sys::PgOid::from(a.oid())).collect();
                 stmt = Some(client.prepare_mut(sql.as_str(), &types).or_raise());
@@ -309,7 +420,7 @@ pub fn write_in_place(
             // The batch's UPDATE runs as the caller and returns what it overwrote; nudge
             // records that in the catalog as its owner.
             let table = client.update(stmt.as_ref().unwrap(), None, &args).or_raise();
-            let previous = Previous::collect(table, kind).or_raise();
+            let previous = Previous::collect(table, kind, flat).or_raise();
             written += previous.ids.len() as i64;
             if !previous.ids.is_empty() {
                 let args = previous.insert_args(rel, fit_id, kind, dim);
@@ -333,13 +444,17 @@ struct Previous {
 }
 
 impl Previous {
-    fn collect(table: pgrx::spi::SpiTupleTable, kind: VecKind) -> Result<Previous, pgrx::spi::Error> {
+    fn collect(table: pgrx::spi::SpiTupleTable, kind: VecKind, flat: Flat) -> Result<Previous, pgrx::spi::Error> {
         let mut p = Previous { ids: Vec::with_capacity(table.len()), real: Vec::new(), double: Vec::new(), written: Vec::with_capacity(table.len()) };
         for row in table {
             p.ids.push(row.get::<String>(1)?.unwrap_or_default());
-            match kind {
-                VecKind::Double => p.double.extend(row.get::<Vec<f64>>(2)?.unwrap_or_default()),
-                _ => p.real.extend(row.get::<Vec<f32>>(2)?.unwrap_or_default()),
+            match (kind, flat) {
+                (VecKind::Double, _) => p.double.extend(row.get::<Vec<f64>>(2)?.unwrap_or_default()),
+                (_, Flat::Bytes) => {
+                    let bytes = row.get::<Vec<u8>>(2)?.unwrap_or_default();
+                    p.real.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                }
+                (_, Flat::Real) => p.real.extend(row.get::<Vec<f32>>(2)?.unwrap_or_default()),
             }
             p.written.push(row.get::<i64>(3)?.unwrap_or_default());
         }
@@ -377,14 +492,14 @@ impl Previous {
     }
 }
 
-/// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (one flat
-/// `real[]`), `$2`/`$3` the addresses, `$4` the dimension, `$5` the digests read, `$6` the ids
+/// The statement [`write_in_place`] runs per batch: `$1` the batch's vectors (flat, see
+/// [`Flat`]), `$2`/`$3` the addresses, `$4` the dimension, `$5` the digests read, `$6` the ids
 /// (those two where [`addressing`] compares values), `$7` the shard's values of the
 /// distribution column (on a hash-distributed table). It returns each written row's id, its
 /// previous value (as the backup keeps it) and the digest of the value written.
 fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind: VecKind, since: Since) -> String {
-    // One statement per batch of rows: the addresses come in as arrays, the vectors as one
-    // flat real[] sliced per row in the input (a slice's lower bound is 1), and a parameterized
+    // One statement per batch of rows: the addresses come in as arrays, the vectors flat
+    // and cut per row in the input, and a parameterized
     // TID scan (or, on Citus, the key) finds each row. (Measured against one statement per row:
     // no difference; the cost of a row is the update and its backup, BENCHMARKS.md.) On a
     // hash-distributed Citus table a batch holds rows of one shard and says so (`$7`, see
@@ -393,6 +508,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     // whole batch (Citus inlines `input` with the parameters as constants).
     let Addressing { input, matches } = addressing(e, placement, id, col, kind, since);
     let digest = catalog::func(e, "nudge_digest");
+    let vector = Flat::of(placement).row(e, "u.ord", "$4");
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",
         rel = col.rel_sql,
@@ -403,18 +519,18 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     // old values are read in a second scan of the same rows.
     #[cfg(feature = "pg18")]
     let sql = format!(
-        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input}),
+        "WITH input AS (SELECT u.*, {vector} AS v FROM {input}),
               upd AS ({set}
                       RETURNING old.{id}::pg_catalog.text AS row_id, {original} AS original, {digest}({written}) AS written)
          SELECT upd.row_id, upd.original, upd.written FROM upd",
         id = id.ident,
-        original = backup_expr("old", col, kind).0,
+        original = returned_original(e, "old", col, kind, Flat::of(placement)),
         written = backup_expr("new", col, kind).0,
     );
     #[cfg(not(feature = "pg18"))]
     let sql = format!(
-        "WITH input AS (SELECT u.*, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v FROM {input}),
-              old AS (SELECT i.ord, t.{id}::pg_catalog.text AS row_id, {original} AS original
+        "WITH input AS (SELECT u.*, {vector} AS v FROM {input}),
+              old AS (SELECT i.ord, t.{id}::pg_catalog.text AS row_id, {returned} AS original
                         FROM {rel} AS t JOIN input AS i ON {matches}),
               upd AS ({set}
                       RETURNING i.ord, {digest}({original}) AS written)
@@ -423,6 +539,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
         id = id.ident,
         rel = col.rel_sql,
         original = backup_expr("t", col, kind).0,
+        returned = returned_original(e, "t", col, kind, Flat::of(placement)),
     );
     sql
 }

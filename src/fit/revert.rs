@@ -22,6 +22,7 @@ use super::Recorded;
 use crate::catalog::{self, Ext};
 use crate::columns::{self, Column, VecKind};
 use crate::error::{raise, raise_with, OrRaise, PgSqlErrorCode as Code};
+use crate::write::Flat;
 
 /// Restore the vectors an in-place nudge_fit overwrote; returns the number of rows restored.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -37,10 +38,13 @@ fn nudge_revert(fit_id: i64, lock: default!(&str, "'rows'")) -> i64 {
     check_newest(&e, &f, fit_id);
     let (id, emb, kind) = columns_of(&f, &rel, fit_id);
     catalog::require_read_vectors(f.corpus, &rel.sql, &format!("backups of fit {fit_id}"));
-    let one_by_one = citus_method(f.corpus).is_some_and(|m| m == "n");
+    let method = citus_method(f.corpus);
+    let one_by_one = method.as_deref() == Some("n");
     let route = Route::of(f.corpus, &rel.sql, &id);
-    let sql = restore_sql(&e, &rel.sql, &id, &emb, kind, one_by_one, &route);
-    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one, &route);
+    // (double precision[] backups are not real[]: as they are)
+    let flat = if method.is_some() && kind != VecKind::Double { Flat::Bytes } else { Flat::Real };
+    let sql = restore_sql(&e, &rel.sql, &id, &emb, kind, one_by_one, &route, flat);
+    let (backups, restored) = restore(&e, fit_id, kind, &sql, one_by_one, &route, flat);
     mark_reverted(&e, fit_id);
     if restored < backups {
         notice!(
@@ -203,7 +207,8 @@ impl Route {
 /// per call (`$1` value, `$2` id, `$3` digest written), or a batch (`$1` flat values, `$2` ids,
 /// `$3` digests, `$4` the dimension, and where routed `$5` the shard's values of the
 /// distribution column).
-fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind, one_by_one: bool, route: &Route) -> String {
+#[allow(clippy::too_many_arguments)]
+fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind, one_by_one: bool, route: &Route, flat: Flat) -> String {
     let value = |v: &str| format!("CAST({v} AS {})", emb.type_sql);
     if one_by_one {
         format!(
@@ -216,10 +221,11 @@ fn restore_sql(e: &Ext, rel_sql: &str, id: &Column, emb: &Column, kind: VecKind,
     } else {
         format!(
             // (as in write.rs: on Citus one task when routed to a shard)
-            "WITH b AS (SELECT u.id, u.w, $1[(u.ord - 1) * $4 + 1 : u.ord * $4] AS v
+            "WITH b AS (SELECT u.id, u.w, {row} AS v
                           FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.int8[])) WITH ORDINALITY AS u(id, w, ord)),
                   upd AS (UPDATE {rel_sql} AS t SET {col} = {v} FROM b WHERE {key} AND {same}{shard} RETURNING 1)
              SELECT 1 FROM upd",
+            row = flat.row(e, "u.ord", "$4"),
             col = emb.ident,
             v = value("b.v"),
             key = crate::write::key_match(id, None, "b.id", ""),
@@ -245,7 +251,7 @@ fn mark_reverted(e: &Ext, fit_id: i64) {
 const BATCH: i64 = 4096;
 
 /// Write the backups of `fit_id` back with `sql`, batch by batch; (backups, rows restored).
-fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool, route: &Route) -> (i64, i64) {
+fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool, route: &Route, flat: Flat) -> (i64, i64) {
     let (mut backups, mut restored) = (0i64, 0i64);
     let mut after = String::new();
     loop {
@@ -269,7 +275,7 @@ fn restore(e: &Ext, fit_id: i64, kind: VecKind, sql: &str, one_by_one: bool, rou
             } else {
                 let mut n = 0i64;
                 for (rows, shard) in route.split(&batch.ids) {
-                    let mut args = batch.args(&rows, kind);
+                    let mut args = batch.args(&rows, kind, flat);
                     if route.key().is_some() {
                         args.push(shard.into());
                     }
@@ -295,11 +301,11 @@ struct Backups {
 
 impl Backups {
     /// The batch statement's `$1`..`$4` for the backups `rows` (indexes).
-    fn args(&self, rows: &[usize], kind: VecKind) -> Vec<DatumWithOid<'static>> {
+    fn args(&self, rows: &[usize], kind: VecKind, flat: Flat) -> Vec<DatumWithOid<'static>> {
         let d = self.dim;
         let values: DatumWithOid = match kind {
             VecKind::Double => rows.iter().flat_map(|&i| self.double[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f64>>().into(),
-            _ => crate::write::real_array(&rows.iter().flat_map(|&i| self.real[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f32>>()),
+            _ => flat.arg(&rows.iter().flat_map(|&i| self.real[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f32>>()),
         };
         let ids: Vec<String> = rows.iter().map(|&i| self.ids[i].clone()).collect();
         let written: Vec<i64> = rows.iter().map(|&i| self.written[i]).collect();

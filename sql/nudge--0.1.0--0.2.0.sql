@@ -216,3 +216,18 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'nudge_evaluate_0_2_wrapper';
 -- (END partition)
+
+-- Citus writes send vectors to the shards as bytes and get the overwritten values back as
+-- bytes (src/write.rs, Flat): the two conversions, run on the workers as the caller.
+CREATE FUNCTION @extschema@."nudge_floats"(
+	"bytes" bytea
+) RETURNS real[]
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'nudge_floats_wrapper';
+CREATE FUNCTION @extschema@."nudge_bytes"(
+	"values" real[]
+) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'nudge_bytes_wrapper';

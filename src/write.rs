@@ -212,7 +212,7 @@ impl Flat {
 fn nudge_floats(bytes: &[u8]) -> RealArray {
     use crate::error::{raise, PgSqlErrorCode as Code};
     if bytes.len() % 4 != 0 {
-        raise(Code::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("nudge_floats: {} bytes are not a whole number of float4 values", bytes.len()));
+        raise(Code::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("nudge_floats: {} bytes are not a whole number of float4 values (4 bytes each)", bytes.len()));
     }
     if bytes.len() / 4 > MAX_ARRAY {
         raise(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("nudge_floats: {} values exceed the maximum array size ({MAX_ARRAY})", bytes.len() / 4));

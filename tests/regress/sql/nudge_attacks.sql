@@ -362,6 +362,8 @@ BEGIN
     FOR spec IN SELECT * FROM (VALUES
       ('nudge_digest', 'real[]', 'bigint', NULL, '$1'),
       ('nudge_digest', 'double precision[]', 'bigint', NULL, '$1'),
+      ('nudge_floats', 'bytea', 'real[]', NULL, '$1'),
+      ('nudge_bytes', 'real[]', 'bytea', NULL, '$1'),
       ('nudge_apply_step', 'bigint, integer', 'bigint', NULL, '$1, $2'),
       ('nudge_shard_pass', 'oid[], text, text, text, bytea', 'bytea', NULL, '$1, $2, $3, $4, $5'),
       ('nudge_shard_topk', 'oid[], text, text, bytea', 'bytea', NULL, '$1, $2, $3, $4'),
@@ -1197,6 +1199,7 @@ SELECT chk.marker();
 DROP EXTENSION nudge;
 SET ROLE nudge_attacker;
 DROP FUNCTION public.nudge_digest(real[]), public.nudge_digest(double precision[]), public.nudge_apply_step(bigint, integer),
+              public.nudge_floats(bytea), public.nudge_bytes(real[]),
               public.nudge_shard_pass(oid[], text, text, text, bytea), public.nudge_shard_topk(oid[], text, text, bytea),
               public.nudge_revert(bigint, text);
 RESET ROLE;

@@ -202,15 +202,37 @@ impl Batch {
     }
 
     pub fn text(&self, row: usize, col: i32) -> Option<String> {
+        // SAFETY: the batch's tuple descriptor.
+        expect_type(unsafe { (*self.table).tupdesc }, col, TEXT);
         self.datum(row, col).and_then(|d| unsafe { String::from_datum(d, false) })
     }
 
     pub fn int8(&self, row: usize, col: i32) -> Option<i64> {
+        expect_type(unsafe { (*self.table).tupdesc }, col, &[pg_sys::INT8OID]);
         self.datum(row, col).and_then(|d| unsafe { i64::from_datum(d, false) })
     }
 
     pub fn float8(&self, row: usize, col: i32) -> Option<f64> {
+        expect_type(unsafe { (*self.table).tupdesc }, col, &[pg_sys::FLOAT8OID]);
         self.datum(row, col).and_then(|d| unsafe { f64::from_datum(d, false) })
+    }
+}
+
+/// Types whose datum is text (a varlena of characters): what `text()` may read.
+const TEXT: &[pg_sys::Oid] = &[pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::BPCHAROID];
+
+/// Column `col` (1-based) of a result with descriptor `tupdesc` must exist and be of one of the
+/// types `want`. nudge's own queries cast what they read to the type they read it as; a column
+/// that is not (a bug of nudge's) raises an error here, where converting its datum as another
+/// type would misread memory (a `tid` read as text crashed the backend once).
+fn expect_type(tupdesc: pg_sys::TupleDesc, col: i32, want: &[pg_sys::Oid]) {
+    // SAFETY: a tuple descriptor the executor or SPI handed over; SPI_gettypeid checks `col`.
+    let (natts, typid) = unsafe { ((*tupdesc).natts, if col >= 1 && col <= (*tupdesc).natts { pg_sys::SPI_gettypeid(tupdesc, col) } else { pg_sys::InvalidOid }) };
+    if !want.contains(&typid) {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("nudge: column {col} of an internal query (of {natts}) has type {}, read as {}", u32::from(typid), u32::from(want[0])),
+        );
     }
 }
 
@@ -257,19 +279,25 @@ impl Row {
     /// Column `col` (1-based); `None` for NULL.
     pub fn datum(&self, col: i32) -> Option<pg_sys::Datum> {
         // SAFETY: the slot's attributes were deformed up to its last column before the
-        // callback (see `receive_row`), and `col` is a column of the query.
+        // callback (see `receive_row`), and `col` is checked against them.
         unsafe {
             let s = &*self.slot;
+            if col < 1 || col > (*s.tts_tupleDescriptor).natts {
+                raise(Code::ERRCODE_INTERNAL_ERROR, format!("nudge: column {col} of an internal query does not exist"));
+            }
             let i = (col - 1) as usize;
             (!*s.tts_isnull.add(i)).then(|| *s.tts_values.add(i))
         }
     }
 
     pub fn text(&self, col: i32) -> Option<String> {
+        // SAFETY: the slot's descriptor.
+        expect_type(unsafe { (*self.slot).tts_tupleDescriptor }, col, TEXT);
         self.datum(col).and_then(|d| unsafe { String::from_datum(d, false) })
     }
 
     pub fn tid(&self, col: i32) -> Option<u64> {
+        expect_type(unsafe { (*self.slot).tts_tupleDescriptor }, col, &[pg_sys::TIDOID]);
         self.datum(col)
             .and_then(|d| unsafe { pg_sys::ItemPointerData::from_datum(d, false) })
             .map(pgrx::itemptr::item_pointer_to_u64)
@@ -454,4 +482,44 @@ pub fn estimated_rows(rel: pg_sys::Oid) -> Option<u64> {
         .flatten()
         .filter(|r| *r > 0.0)
         .map(|r| r as u64)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// A column read as a type it does not have is an error, not a misread datum (a `tid` read
+    /// as text once crashed the backend).
+    #[pg_test(error = "nudge: column 1 of an internal query (of 2) has type 27, read as 25")]
+    fn a_tid_read_as_text_is_an_error() {
+        Spi::run("CREATE TABLE t_tid AS SELECT 1 AS x").unwrap();
+        super::for_each_row("SELECT t.ctid, t.x::pg_catalog.text FROM t_tid AS t", |row| {
+            row.text(1);
+        });
+    }
+
+    #[pg_test(error = "nudge: column 1 of an internal query (of 1) has type 23, read as 20")]
+    fn an_int4_read_as_int8_is_an_error() {
+        super::for_each_batch("SELECT 1::pg_catalog.int4", &[], |b| {
+            b.int8(0, 1);
+        });
+    }
+
+    #[pg_test(error = "nudge: column 3 of an internal query does not exist")]
+    fn a_column_past_the_end_is_an_error() {
+        super::for_each_row("SELECT 1, 2", |row| {
+            row.datum(3);
+        });
+    }
+
+    /// What nudge's queries cast to text reads as before.
+    #[pg_test]
+    fn text_reads_text() {
+        let mut got = Vec::new();
+        super::for_each_row("SELECT 'a'::pg_catalog.text, 'b'::pg_catalog.varchar, NULL::pg_catalog.text", |row| {
+            got.push((row.text(1), row.text(2), row.text(3)));
+        });
+        assert_eq!(got, vec![(Some("a".to_string()), Some("b".to_string()), None)]);
+    }
 }

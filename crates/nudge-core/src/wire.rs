@@ -14,13 +14,15 @@
 //! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 2 len spec[len] nl {id:text key}*nl
 //!   no {id:text written:i64 original:f32s}*no writing:0|1 partitioned:0|1 [column:text]`, the spec a
 //!   [`ShardSpec`] (`"NDGS"`, see [`crate::partial`]).
-//! * [`TopKRequest`] (`nudge_shard_topk`): `"NDGK" 2 k distance:text dim queries:f32s nl
-//!   {id:text key}*nl`.
+//! * [`TopKRequest`] (`nudge_shard_topk`, version 3): `"NDGK" 3 k distance:text dim
+//!   queries:f32s nl {id:text key}*nl partitioned:0|1 [column:text np {value:text}*np nq
+//!   {part:u32}*nq]` (with `partition =>`: the column, the values, each query's value by id).
 //! * Replies: `"NDGR" 2 'O' body` or `"NDGR" 2 'E' sqlstate message:text` (a worker's error:
 //!   [`WorkerError`]). The body of a [`Reply`]: `len partial[len] ns key*ns nr {key id:text
 //!   has_dist:0|1 [dist:text] from_original:0|1}*nr partitioned:0|1 [{has:0|1 [value:text]}*ns]`
 //!   (the partition value of each labelled row), the partial a [`Partial`] (`"NDGP"`); of
-//!   a top-k reply: `nq {len (key score:f32)*len}*nq`.
+//!   a top-k reply ([`TopKReply`]): `nq {len (key score:f32)*len}*nq partitioned:0|1 [nl
+//!   {id:text has:0|1 [value:text]}*nl]` (the partition value of each judged row).
 //!
 //! Decoding never panics and allocates nothing before the size that drives the allocation was
 //! checked against the bytes present and against a hard limit below; trailing bytes are an
@@ -50,6 +52,9 @@ pub const MAX_RESULT_ENTRIES: usize = 1 << 26;
 pub const MAX_RECORDS: usize = 1 << 24;
 
 const VERSION: u8 = 2;
+/// The version of [`TopKRequest`]s (3 since they carry partitions): a worker of another nudge
+/// refuses the request, naming both versions, in an error reply every version reads.
+const TOPK_VERSION: u8 = 3;
 const REQUEST_MAGIC: &[u8; 4] = b"NDGQ";
 const TOPK_MAGIC: &[u8; 4] = b"NDGK";
 const REPLY_MAGIC: &[u8; 4] = b"NDGR";
@@ -82,9 +87,12 @@ pub(crate) struct Writer(pub Vec<u8>);
 
 impl Writer {
     pub fn new(magic: &[u8; 4], cap: usize) -> Self {
+        Self::with_version(magic, VERSION, cap)
+    }
+    pub fn with_version(magic: &[u8; 4], version: u8, cap: usize) -> Self {
         let mut v = Vec::with_capacity(5 + cap);
         v.extend_from_slice(magic);
-        v.push(VERSION);
+        v.push(version);
         Writer(v)
     }
     pub fn u64(&mut self, x: u64) {
@@ -115,14 +123,23 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Checks the magic and the version.
     pub fn new(bytes: &'a [u8], magic: &[u8; 4], what: &'static str) -> Result<Self> {
+        Self::with_version(bytes, magic, VERSION, what)
+    }
+    /// Checks the magic and that the version is `version`.
+    pub fn with_version(
+        bytes: &'a [u8],
+        magic: &[u8; 4],
+        version: u8,
+        what: &'static str,
+    ) -> Result<Self> {
         let mut r = Reader { rest: bytes, what };
         if r.take(4).ok() != Some(&magic[..]) {
             return Err(r.malformed(format!("not a {what} of nudge")));
         }
         match r.take(1)?[0] {
-            VERSION => Ok(r),
+            v if v == version => Ok(r),
             v => Err(r.malformed(format!(
-                "version {v} (this version of nudge reads version {VERSION})"
+                "version {v} (this version of nudge reads version {version})"
             ))),
         }
     }
@@ -401,14 +418,69 @@ impl Reply {
 /// Per query, the top-k `(key, score)` of a worker, best first.
 pub type Runs = Vec<Vec<(u64, f32)>>;
 
-/// nudge_evaluate's request to every worker: the judged queries, k, the distance, and the
-/// judged ids (with keys; the worker uses the ids).
+/// nudge_evaluate's request to every worker: the judged queries, k, the distance, the
+/// judged ids (with keys; the worker uses the ids), and with `partition =>` the partitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopKRequest {
     pub queries: Array2<f32>,
     pub k: usize,
     pub distance: Distance,
     pub labelled: HashMap<String, u64>,
+    pub partitions: Option<TopKPartitions>,
+}
+
+/// A partitioned evaluation: each query ranks only the rows whose `column` value (as text) is
+/// the query's own, `values[query_parts[q]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKPartitions {
+    pub column: String,
+    /// Partition values by id, unique.
+    pub values: Vec<String>,
+    /// Each query's partition id (an index into `values`).
+    pub query_parts: Vec<u32>,
+}
+
+impl TopKPartitions {
+    /// Partition value -> id, for a worker to map its rows' values (a value no query has:
+    /// [`NO_PARTITION`]).
+    pub fn ids(&self) -> HashMap<&str, u32> {
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_str(), i as u32))
+            .collect()
+    }
+
+    /// Values unique, one partition per query, each naming a listed value.
+    fn check(&self, n_queries: usize, r: &Reader) -> Result<()> {
+        let mut v: Vec<&String> = self.values.iter().collect();
+        v.sort_unstable();
+        if v.windows(2).any(|w| w[0] == w[1]) {
+            return Err(r.malformed("a partition value is listed twice"));
+        }
+        if self.query_parts.len() != n_queries {
+            return Err(r.malformed("the query partitions do not match the queries"));
+        }
+        if self
+            .query_parts
+            .iter()
+            .any(|&p| p as usize >= self.values.len())
+        {
+            return Err(r.malformed("a query partition is not a listed value"));
+        }
+        Ok(())
+    }
+}
+
+/// A worker's answer to a [`TopKRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKReply {
+    /// Per query, the worker's top-k `(key, score)`, best first.
+    pub runs: Runs,
+    /// A partitioned request: every judged row the worker holds, its id and partition value
+    /// (as text; `None` for NULL), for the coordinator to check that no label crosses
+    /// partitions. `None` for an unpartitioned request.
+    pub labelled_parts: Option<Vec<(String, Option<String>)>>,
 }
 
 impl TopKRequest {
@@ -417,26 +489,42 @@ impl TopKRequest {
         k: usize,
         distance: Distance,
         labelled: &HashMap<String, u64>,
+        partitions: Option<&TopKPartitions>,
     ) -> Vec<u8> {
-        let mut w = Writer::new(TOPK_MAGIC, 32 + 4 * queries.len());
+        let mut w = Writer::with_version(TOPK_MAGIC, TOPK_VERSION, 32 + 4 * queries.len());
         w.u64(k as u64);
         w.bytes(distance.to_string().as_bytes());
         w.u64(queries.ncols() as u64);
         w.u64(queries.len() as u64);
         queries.iter().for_each(|&x| w.f32(x));
         write_ids(&mut w, labelled);
+        w.u64(partitions.is_some() as u64);
+        if let Some(p) = partitions {
+            w.bytes(p.column.as_bytes());
+            w.u64(p.values.len() as u64);
+            p.values.iter().for_each(|v| w.bytes(v.as_bytes()));
+            w.u64(p.query_parts.len() as u64);
+            p.query_parts.iter().for_each(|&q| w.u32(q));
+        }
         w.0
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        Self::encode(self.queries.view(), self.k, self.distance, &self.labelled)
+        Self::encode(
+            self.queries.view(),
+            self.k,
+            self.distance,
+            &self.labelled,
+            self.partitions.as_ref(),
+        )
     }
 
-    /// Decodes [`encode`](Self::encode) output: `k`, the dimension and the number of queries
-    /// within the limits, at least one query; the values are checked by
-    /// [`into_top_k`](Self::into_top_k).
+    /// Decodes [`encode`](Self::encode) output: `k`, the dimension, the number of queries and
+    /// of partitions within the limits, at least one query, partitions that name one listed
+    /// value per query; the values are checked by [`into_top_k`](Self::into_top_k). A request
+    /// of another version (another nudge) is `Malformed`, naming both versions.
     pub fn from_bytes(b: &[u8]) -> Result<TopKRequest> {
-        let mut r = Reader::new(b, TOPK_MAGIC, "shard top-k request")?;
+        let mut r = Reader::with_version(b, TOPK_MAGIC, TOPK_VERSION, "shard top-k request")?;
         let k = r.size()?;
         let distance =
             Distance::from_str(&r.text()?).map_err(|_| r.malformed("unknown distance"))?;
@@ -456,41 +544,61 @@ impl TopKRequest {
         let queries =
             Array2::from_shape_vec((nq, dim), flat).map_err(|_| r.malformed("query shape"))?;
         let labelled = read_ids(&mut r, "judged ids of a shard top-k request")?;
+        let partitions = if r.flag()? {
+            Some(read_topk_partitions(&mut r, nq)?)
+        } else {
+            None
+        };
         r.end()?;
         Ok(TopKRequest {
             queries,
             k,
             distance,
             labelled,
+            partitions,
         })
     }
 
-    /// The top-k to run (checks the queries: finite; `NonFinite` otherwise), and the judged ids.
-    pub fn into_top_k(self) -> Result<(TopK, HashMap<String, u64>)> {
+    /// The top-k to run (checks the queries: finite; `NonFinite` otherwise; partitioned when
+    /// the request is), the judged ids, and the partitions.
+    pub fn into_top_k(self) -> Result<(TopK, HashMap<String, u64>, Option<TopKPartitions>)> {
         check_dim(self.queries.ncols())?;
         check_top_k(self.queries.nrows(), self.k)?;
-        Ok((
-            TopK::new(self.queries, self.k, self.distance)?,
-            self.labelled,
-        ))
+        let mut topk = TopK::new(self.queries, self.k, self.distance)?;
+        if let Some(p) = &self.partitions {
+            topk = topk.with_partitions(p.query_parts.clone())?;
+        }
+        Ok((topk, self.labelled, self.partitions))
     }
 
-    /// The `'O'` reply: per query the worker's top-k `(key, score)`, best first.
-    pub fn reply_bytes(runs: &[Vec<(u64, f32)>]) -> Vec<u8> {
+    /// The `'O'` reply: per query the worker's top-k `(key, score)`, best first; with a
+    /// partitioned request, the partition value of every judged row the worker holds.
+    pub fn reply_bytes(reply: &TopKReply) -> Vec<u8> {
         let mut w = ok_writer();
-        w.u64(runs.len() as u64);
-        for run in runs {
+        w.u64(reply.runs.len() as u64);
+        for run in &reply.runs {
             w.u64(run.len() as u64);
             for &(key, score) in run {
                 w.u64(key);
                 w.f32(score);
             }
         }
+        w.u64(reply.labelled_parts.is_some() as u64);
+        if let Some(parts) = &reply.labelled_parts {
+            w.u64(parts.len() as u64);
+            for (id, value) in parts {
+                w.bytes(id.as_bytes());
+                w.u64(value.is_some() as u64);
+                if let Some(v) = value {
+                    w.bytes(v.as_bytes());
+                }
+            }
+        }
         w.0
     }
 
-    /// A worker's top-k lists, or the error it raised; `Err` if the bytes are not a reply.
-    pub fn parse_reply(b: &[u8]) -> Result<std::result::Result<Runs, WorkerError>> {
+    /// A worker's reply, or the error it raised; `Err` if the bytes are not a reply.
+    pub fn parse_reply(b: &[u8]) -> Result<std::result::Result<TopKReply, WorkerError>> {
         let mut r = match reply_body(b)? {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -504,9 +612,41 @@ impl TopKRequest {
                 .collect::<Result<Vec<_>>>()?;
             runs.push(run);
         }
+        let labelled_parts = if r.flag()? {
+            let n = r.count("judged rows of a shard top-k reply", MAX_RECORDS, 16)?;
+            let mut parts = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = r.text()?;
+                let value = if r.flag()? { Some(r.text()?) } else { None };
+                parts.push((id, value));
+            }
+            Some(parts)
+        } else {
+            None
+        };
         r.end()?;
-        Ok(Ok(runs))
+        Ok(Ok(TopKReply {
+            runs,
+            labelled_parts,
+        }))
     }
+}
+
+/// The partitions of a top-k request of `nq` queries: `column:text np {value:text}*np nqp
+/// {part:u32}*nqp`.
+fn read_topk_partitions(r: &mut Reader, nq: usize) -> Result<TopKPartitions> {
+    let column = r.text()?;
+    let np = r.count("number of partitions of a pushed-down top-k", MAX_QUERIES, 8)?;
+    let values = (0..np).map(|_| r.text()).collect::<Result<Vec<_>>>()?;
+    let nqp = r.count("query partitions of a pushed-down top-k", MAX_QUERIES, 4)?;
+    let query_parts = (0..nqp).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
+    let p = TopKPartitions {
+        column,
+        values,
+        query_parts,
+    };
+    p.check(nq, r)?;
+    Ok(p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,6 +775,7 @@ mod tests {
             k: 7,
             distance: Distance::L2,
             labelled: [("a".to_string(), 1u64 << 32)].into(),
+            partitions: None,
         };
         assert_eq!(TopKRequest::from_bytes(&tk.to_bytes()).unwrap(), tk);
         let mut sp = ShardPass::new(req.spec.clone()).unwrap();
@@ -663,7 +804,10 @@ mod tests {
         assert_eq!(Reply::parse(&preply.to_bytes()).unwrap(), Ok(preply));
         let bad = Reply { labelled_seen: vec![], labelled_parts: vec![None], ..reply };
         malformed(Reply::parse(&bad.to_bytes()));
-        let runs = vec![vec![(3u64, 0.5f32), (1, -0.25)], vec![]];
+        let runs = TopKReply {
+            runs: vec![vec![(3u64, 0.5f32), (1, -0.25)], vec![]],
+            labelled_parts: None,
+        };
         assert_eq!(
             TopKRequest::parse_reply(&TopKRequest::reply_bytes(&runs)).unwrap(),
             Ok(runs)
@@ -759,12 +903,14 @@ mod tests {
             MAX_K,
             Distance::Cosine,
             &l,
+            None,
         )));
         TopKRequest::from_bytes(&TopKRequest::encode(
             q.view(),
             MAX_RESULT_ENTRIES / 65,
             Distance::Cosine,
             &l,
+            None,
         ))
         .unwrap()
         .into_top_k()
@@ -775,10 +921,11 @@ mod tests {
             1,
             Distance::Cosine,
             &l,
+            None,
         )));
         // counts far beyond the bytes present
         for at in [5usize, 13, 21] {
-            let mut b = TopKRequest::encode(rng.matrix(2, 2).view(), 3, Distance::L2, &l);
+            let mut b = TopKRequest::encode(rng.matrix(2, 2).view(), 3, Distance::L2, &l, None);
             b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
             assert!(TopKRequest::from_bytes(&b).is_err());
         }
@@ -826,6 +973,125 @@ mod tests {
         malformed(Reply::parse(&e));
         e[6..14].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
         malformed(TopKRequest::parse_reply(&e));
+    }
+
+    fn partitioned_topk(rng: &mut Rng) -> TopKRequest {
+        TopKRequest {
+            queries: rng.matrix(3, 4),
+            k: 2,
+            distance: Distance::Cosine,
+            labelled: [("d1".to_string(), 1u64 << 32), ("d2".to_string(), 3 << 32)].into(),
+            partitions: Some(TopKPartitions {
+                column: "tenant id".into(),
+                values: vec!["a".into(), "".into(), "é".into()],
+                query_parts: vec![2, 0, 2],
+            }),
+        }
+    }
+
+    /// A partitioned top-k request and its reply survive a round trip; the top-k a request sets
+    /// up ranks a query only against rows of its own partition.
+    #[test]
+    fn partitioned_topk_round_trips() {
+        let mut rng = Rng::new(11);
+        let req = partitioned_topk(&mut rng);
+        let b = req.to_bytes();
+        assert_eq!(&b[..5], b"NDGK\x03");
+        assert_eq!(TopKRequest::from_bytes(&b).unwrap(), req);
+        let p = req.partitions.clone().unwrap();
+        assert_eq!(p.ids(), [("a", 0u32), ("", 1), ("é", 2)].into());
+        let (mut tk, labelled, parts) = req.clone().into_top_k().unwrap();
+        assert_eq!((labelled, parts), (req.labelled.clone(), Some(p)));
+        // every row in partition 0 (query 1's), one row in no partition
+        let rows = rng.matrix(3, 4);
+        tk.push_batch_in(&[7, 8, 9], rows.view(), Some(&[0, 0, NO_PARTITION]), &mut Hooks::noop())
+            .unwrap();
+        let runs = tk.finish();
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [0, 2, 0]);
+        assert!(runs[1].iter().all(|(key, _)| *key == 7 || *key == 8));
+        // an unpartitioned top-k refuses row partitions; a partitioned one needs them
+        let (mut tk, ..) = req.into_top_k().unwrap();
+        assert!(tk.push_batch(&[7, 8, 9], rows.view(), &mut Hooks::noop()).is_err());
+        let reply = TopKReply {
+            runs,
+            labelled_parts: Some(vec![("d1".into(), Some("a".into())), ("d2".into(), None), ("d1".into(), Some("".into()))]),
+        };
+        assert_eq!(TopKRequest::parse_reply(&TopKRequest::reply_bytes(&reply)).unwrap(), Ok(reply.clone()));
+        let empty = TopKReply { labelled_parts: Some(Vec::new()), ..reply };
+        assert_eq!(TopKRequest::parse_reply(&TopKRequest::reply_bytes(&empty)).unwrap(), Ok(empty));
+    }
+
+    /// Partitions that do not fit the queries, truncations anywhere, trailing bytes, a request
+    /// of version 2 (a nudge without partitioned top-k), and counts beyond the bytes present or
+    /// the limits: errors, before any allocation they size.
+    #[test]
+    fn malformed_partitioned_topk() {
+        let mut rng = Rng::new(12);
+        let req = partitioned_topk(&mut rng);
+        let b = req.to_bytes();
+        for n in 0..b.len() {
+            malformed(TopKRequest::from_bytes(&b[..n]));
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        malformed(TopKRequest::from_bytes(&longer));
+        let mut v2 = b.clone();
+        v2[4] = 2;
+        match TopKRequest::from_bytes(&v2) {
+            Err(NudgeError::Malformed { message, .. }) => {
+                assert!(message.contains("version 2") && message.contains("reads version 3"), "{message}")
+            }
+            r => panic!("{r:?}"),
+        }
+        let edit = |f: &dyn Fn(&mut TopKPartitions)| {
+            let mut r = req.clone();
+            f(r.partitions.as_mut().unwrap());
+            TopKRequest::from_bytes(&r.to_bytes())
+        };
+        malformed(edit(&|p| p.values[1] = "a".into()));
+        malformed(edit(&|p| p.query_parts.pop().map(|_| ()).unwrap()));
+        malformed(edit(&|p| p.query_parts.push(0)));
+        malformed(edit(&|p| p.query_parts[0] = 3));
+        malformed(edit(&|p| p.query_parts[0] = NO_PARTITION));
+        malformed(edit(&|p| p.values.clear()));
+        // the partitioned flag not 0/1
+        let flag_at = TopKRequest { partitions: None, ..req.clone() }.to_bytes().len() - 8;
+        let mut bad = b.clone();
+        bad[flag_at] = 2;
+        malformed(TopKRequest::from_bytes(&bad));
+        // counts of values and of query partitions: huge, or beyond the bytes present
+        let col_end = flag_at + 8 + 8 + "tenant id".len();
+        let parts_at = b.len() - 8 - 4 * 3;
+        for (at, v) in [(col_end, u64::MAX), (col_end, 1 << 30), (parts_at, 1 << 40), (parts_at, 4)] {
+            let mut bad = b.clone();
+            bad[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            assert!(TopKRequest::from_bytes(&bad).is_err(), "{at} {v}");
+        }
+        let mut bad = b.clone();
+        bad[col_end..col_end + 8].copy_from_slice(&(MAX_QUERIES as u64 + 1).to_le_bytes());
+        too_large(TopKRequest::from_bytes(&bad));
+        // replies: truncated anywhere, a count of judged rows too large or beyond the bytes
+        let reply = TopKReply {
+            runs: vec![vec![(1, 0.5)], vec![], vec![]],
+            labelled_parts: Some(vec![("d1".into(), Some("a".into()))]),
+        };
+        let rb = TopKRequest::reply_bytes(&reply);
+        for n in 0..rb.len() {
+            malformed(TopKRequest::parse_reply(&rb[..n]));
+        }
+        let n_at = TopKRequest::reply_bytes(&TopKReply { labelled_parts: None, ..reply.clone() }).len();
+        for v in [u64::MAX, 2, MAX_RECORDS as u64 + 1] {
+            let mut bad = rb.clone();
+            bad[n_at..n_at + 8].copy_from_slice(&v.to_le_bytes());
+            assert!(TopKRequest::parse_reply(&bad).is_err(), "{v}");
+        }
+        let mut bad = rb.clone();
+        bad[n_at..n_at + 8].copy_from_slice(&(MAX_RECORDS as u64 + 1).to_le_bytes());
+        too_large(TopKRequest::parse_reply(&bad));
+        // a version-2 top-k reply body (no partitioned flag) is truncated
+        let mut old = ok_writer();
+        old.u64(0);
+        malformed(TopKRequest::parse_reply(&old.0));
     }
 
     /// Random corruptions of valid messages: an error or a value, never a panic; a decoded
@@ -878,23 +1144,34 @@ pub mod fuzzing {
                     bits(&again),
                     again.k,
                     again.distance,
-                    &again.labelled
+                    &again.labelled,
+                    &again.partitions
                 ),
                 (
                     req.queries.dim(),
                     bits(&req),
                     req.k,
                     req.distance,
-                    &req.labelled
+                    &req.labelled,
+                    &req.partitions
                 )
             );
-            if let Ok((mut tk, _)) = req.into_top_k() {
+            if let Ok((mut tk, _, partitions)) = req.into_top_k() {
                 let dim = tk.dim();
                 let rows = small_rows(data, dim);
                 let keys: Vec<u64> = (0..rows.nrows() as u64).collect();
-                let _ = tk.push_batch(&keys, rows.view(), &mut Hooks::noop());
-                let runs = tk.finish();
-                let bytes = TopKRequest::reply_bytes(&runs);
+                // rows of the first partition and of one no query has
+                let parts: Option<Vec<u32>> = partitions
+                    .as_ref()
+                    .map(|_| (0..keys.len()).map(|i| [0, NO_PARTITION][i % 2]).collect());
+                let _ = tk.push_batch_in(&keys, rows.view(), parts.as_deref(), &mut Hooks::noop());
+                let reply = TopKReply {
+                    runs: tk.finish(),
+                    labelled_parts: partitions.map(|p| {
+                        p.values.into_iter().map(|v| ("doc".to_string(), Some(v))).collect()
+                    }),
+                };
+                let bytes = TopKRequest::reply_bytes(&reply);
                 assert!(matches!(TopKRequest::parse_reply(&bytes), Ok(Ok(_))));
             }
         }
@@ -1064,16 +1341,30 @@ pub mod fuzzing {
                 let labelled = (0..nm as u64)
                     .map(|i| (format!("j{i}"), (2 * i + 1) << 32))
                     .collect();
+                let partitions = parted.then(|| TopKPartitions {
+                    column: "tenant".into(),
+                    values: spec.partition_values.clone(),
+                    query_parts: spec.query_parts.clone().unwrap_or_default(),
+                });
                 out.push(TopKRequest::encode(
                     spec.queries.view(),
                     2 + nm,
                     d,
                     &labelled,
+                    partitions.as_ref(),
                 ));
                 let runs: Vec<Vec<(u64, f32)>> = (0..nq)
                     .map(|q| (0..q as u64).map(|i| (i, 1.0 - i as f32)).collect())
                     .collect();
-                out.push(TopKRequest::reply_bytes(&runs));
+                let labelled_parts = parted.then(|| {
+                    (0..nm)
+                        .map(|i| (format!("j{i}"), (i % 2 == 0).then(|| "b".to_string())))
+                        .collect()
+                });
+                out.push(TopKRequest::reply_bytes(&TopKReply {
+                    runs,
+                    labelled_parts,
+                }));
             }
         }
         out.push(

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 use nudge_core::knn::{Distance, TopK};
+use nudge_core::wire::TopKPartitions;
 use pgrx::prelude::*;
 use crate::columns::RegClass;
 
@@ -107,11 +108,10 @@ fn evaluate(
 pub(crate) type Overrides = HashMap<String, Vec<f32>>;
 
 /// The top-k (key, score) of every judged query, best first: on the workers of a Citus
-/// distributed table, else (and always with `overrides`) read here.
+/// distributed table (partitioned or not), else (and always with `overrides`) read here.
 pub(crate) fn knn(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, overrides: Option<&Overrides>, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
     match (crate::citus::placement(corpus.oid, &corpus.id), overrides) {
-        // (a partitioned search reads a distributed table through the coordinator)
-        (Placement::Citus { pushdown: true, .. }, None) if judged.partitions.is_none() => knn_shards(corpus, judged, k, dist, reporter),
+        (Placement::Citus { pushdown: true, .. }, None) => knn_shards(corpus, judged, k, dist, reporter),
         _ => knn_local(corpus, judged, k, dist, overrides, reporter),
     }
 }
@@ -277,8 +277,16 @@ fn check_labels(p: &Partitions, labels: &[LabelPart], doc_parts: &HashMap<String
 
 /// The k-NN pass on the workers of a Citus distributed table: each worker's top-k per query
 /// (src/shard.rs), merged here with the same order (score descending, ties by key descending).
+/// Partitioned: the workers rank each row for its partition's queries only, and send back the
+/// partition value of every judged row, whose labels are then checked here.
 fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, reporter: &mut Reporter) -> Vec<Vec<(u64, f32)>> {
-    let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys);
+    let partitions = judged.partitions.as_ref().map(|p| TopKPartitions {
+        column: p.column.name.clone(),
+        values: p.values.clone(),
+        query_parts: judged.query_parts.clone(),
+    });
+    let request = TopKRequest::to_bytes(&judged.vectors, k, dist, &judged.keys, partitions.as_ref());
+    let mut doc_parts: HashMap<String, Option<String>> = HashMap::new();
     let e = crate::catalog::ext();
     let call = format!(
         "{}({{shards}}, {}, {}, {{request}})",
@@ -287,14 +295,20 @@ fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, report
         quote_literal(&corpus.emb.name)
     );
     let mut runs: Vec<Vec<(u64, f32)>> = vec![Vec::new(); judged.vectors.nrows()];
-    let mut workers = 0u64;
+    let (mut workers, mut reply_bytes) = (0u64, 0usize);
     crate::citus::on_shards(&e, corpus.oid, &corpus.sql, &call, &request, |node, bytes| {
+        reply_bytes += bytes.len();
         let reply = TopKRequest::parse_reply(&bytes).unwrap_or_else(|m| crate::citus::malformed(node, &corpus.sql, &m));
-        let lists = reply.unwrap_or_else(|(code, message)| raise(code, message));
-        if lists.len() != runs.len() {
+        let reply = reply.unwrap_or_else(|(code, message)| raise(code, message));
+        if reply.runs.len() != runs.len() {
             crate::citus::malformed(node, &corpus.sql, "wrong number of queries");
         }
-        for (run, list) in runs.iter_mut().zip(lists) {
+        match (reply.labelled_parts, &partitions) {
+            (Some(found), Some(_)) => doc_parts.extend(found),
+            (None, None) => {}
+            _ => crate::citus::malformed(node, &corpus.sql, "partition values where none were asked for, or none where they were"),
+        }
+        for (run, list) in runs.iter_mut().zip(reply.runs) {
             run.extend(list);
             run.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
             run.truncate(k);
@@ -302,6 +316,10 @@ fn knn_shards(corpus: &Corpus, judged: &Judged, k: usize, dist: Distance, report
         workers += 1;
         reporter.report("k-nn search on the workers", workers, None);
     });
+    debug1!("nudge_evaluate: {workers} workers answered {reply_bytes} bytes for the shards of {}", corpus.sql);
+    if let Some(p) = &judged.partitions {
+        check_labels(p, &judged.labels, &doc_parts, &corpus.sql);
+    }
     runs
 }
 

@@ -10,13 +10,14 @@
 //! SQLSTATE + message, so the coordinator raises them as if the pass had run locally.
 //!
 //! `nudge_evaluate` pushes its k-NN down the same way (`nudge_shard_topk`: per query the
-//! worker's top-k, merged on the coordinator).
+//! worker's top-k, merged on the coordinator; with `partition =>`, each judged row's partition
+//! value too, for the coordinator's label check).
 //!
 //! Unlabelled rows get keys unique across the table: `n_labelled + (shard id << 32) + ordinal`.
 
 use std::collections::HashMap;
 
-use nudge_core::knn::{Distance, TopK};
+use nudge_core::knn::{Distance, TopK, NO_PARTITION};
 use nudge_core::partial::ShardPass;
 use nudge_core::wire::{self, WorkerError};
 use pgrx::prelude::*;
@@ -100,49 +101,66 @@ fn catching(f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
 }
 
 /// nudge_evaluate's k-NN over some shards of one worker: per query the top-k (key, score), best
-/// first, every row keyed by its id as src/ties.rs says (judged ids from the request).
+/// first, every row keyed by its id as src/ties.rs says (judged ids from the request). A
+/// partitioned request ranks each row only for the queries of its partition (its value of the
+/// request's column, as text) and answers every judged row's value too.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn nudge_shard_topk(shards: Option<Array<'_, pg_sys::Oid>>, id_column: Option<&str>, embedding: Option<&str>, request: Option<&[u8]>) -> Vec<u8> {
     const F: &str = "nudge_shard_topk";
     let shards = shard_oids(shards, F);
     let (id_column, embedding, request) = (required(id_column, F, "id_column"), required(embedding, F, "embedding"), required(request, F, "request"));
-    catching(|| {
-        let request = decoded(F, wire::TopKRequest::from_bytes(request));
-        let (mut topk, labelled) = decoded(F, request.into_top_k());
-        let ties = crate::ties::TieKeys::new(labelled.keys());
-        let dim = topk.dim();
-        let mut batch = Batcher::new(dim);
-        let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, _: Option<&[u32]>, h: &mut nudge_core::Hooks| t.push_batch(keys, v, h);
-        for &shard in &shards {
-            let rel = columns::relation(shard);
-            let id = rel.column(id_column, "the id column");
-            let (emb, kind) = rel.vector_column(embedding, "an embedding column");
-            let mut ordinal = 0u64;
-            read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, ""), |row| {
-                let rid = row.text(1).unwrap_or_default();
-                batch.keys.push(ties.key(&rid, ordinal));
-                ordinal += 1;
-                push_embedding(row.datum(2), kind, &mut dim.clone(), &mut batch.vectors, &|| format!("embedding of row {rid:?} in {}", rel.sql));
-                batch.flush_if_full(&mut topk, &mut push);
-            });
-        }
-        batch.flush(&mut topk, &mut push);
-        wire::TopKRequest::reply_bytes(&topk.finish())
-    })
+    catching(|| wire::TopKRequest::reply_bytes(&shard_topk(&shards, id_column, embedding, request)))
 }
 
-/// nudge_evaluate's request to every shard: the judged queries, k, the distance, and the
-/// key of every labelled id (the codec: nudge-core's `wire::TopKRequest`).
+fn shard_topk(shards: &[pg_sys::Oid], id_column: &str, embedding: &str, request: &[u8]) -> wire::TopKReply {
+    const F: &str = "nudge_shard_topk";
+    let request = decoded(F, wire::TopKRequest::from_bytes(request));
+    let (mut topk, labelled, partitions) = decoded(F, request.into_top_k());
+    let part_ids: Option<HashMap<String, u32>> = partitions.as_ref().map(|p| p.ids().into_iter().map(|(v, i)| (v.to_string(), i)).collect());
+    let mut labelled_parts = partitions.as_ref().map(|_| Vec::new());
+    let ties = crate::ties::TieKeys::new(labelled.keys());
+    let dim = topk.dim();
+    let mut batch = Batcher::new(dim);
+    let mut push = |t: &mut TopK, keys: &[u64], v: ndarray::ArrayView2<f32>, parts: Option<&[u32]>, h: &mut nudge_core::Hooks| t.push_batch_in(keys, v, parts, h);
+    for &shard in shards {
+        let rel = columns::relation(shard);
+        let id = rel.column(id_column, "the id column");
+        let (emb, kind) = rel.vector_column(embedding, "an embedding column");
+        let part = partitions.as_ref().map(|p| rel.column(&p.column, "the partition column"));
+        let extra = part.as_ref().map(|c| format!(", t.{}::pg_catalog.text", c.ident)).unwrap_or_default();
+        let mut ordinal = 0u64;
+        read::for_each_row(&read::scan_sql(&id, &emb, &rel.sql, &extra), |row| {
+            let rid = row.text(1).unwrap_or_default();
+            if let (Some(ids), Some(found)) = (&part_ids, &mut labelled_parts) {
+                let value = row.text(3);
+                batch.parts.push(value.as_deref().and_then(|v| ids.get(v).copied()).unwrap_or(NO_PARTITION));
+                if labelled.contains_key(rid.as_str()) {
+                    found.push((rid.clone(), value));
+                }
+            }
+            batch.keys.push(ties.key(&rid, ordinal));
+            ordinal += 1;
+            push_embedding(row.datum(2), kind, &mut dim.clone(), &mut batch.vectors, &|| format!("embedding of row {rid:?} in {}", rel.sql));
+            batch.flush_if_full(&mut topk, &mut push);
+        });
+    }
+    batch.flush(&mut topk, &mut push);
+    wire::TopKReply { runs: topk.finish(), labelled_parts }
+}
+
+/// nudge_evaluate's request to every shard: the judged queries, k, the distance, the key of
+/// every labelled id, and the partitions (the codec: nudge-core's `wire::TopKRequest`).
 pub struct TopKRequest;
 
 impl TopKRequest {
-    pub fn to_bytes(queries: &ndarray::Array2<f32>, k: usize, distance: Distance, labelled: &HashMap<String, u64>) -> Vec<u8> {
-        wire::TopKRequest::encode(queries.view(), k, distance, labelled)
+    pub fn to_bytes(queries: &ndarray::Array2<f32>, k: usize, distance: Distance, labelled: &HashMap<String, u64>, partitions: Option<&wire::TopKPartitions>) -> Vec<u8> {
+        wire::TopKRequest::encode(queries.view(), k, distance, labelled, partitions)
     }
 
-    /// A worker's top-k lists, or the error it raised; `Err` if the bytes are not a reply.
-    pub fn parse_reply(b: &[u8]) -> Result<Result<Vec<Vec<(u64, f32)>>, (PgSqlErrorCode, String)>, String> {
+    /// A worker's top-k lists (and judged rows' partition values), or the error it raised;
+    /// `Err` if the bytes are not a reply.
+    pub fn parse_reply(b: &[u8]) -> Result<Result<wire::TopKReply, (PgSqlErrorCode, String)>, String> {
         wire::TopKRequest::parse_reply(b).map(|r| r.map_err(raised)).map_err(|e| e.to_string())
     }
 }

@@ -309,7 +309,8 @@ def pass_request(spec_bytes, tail=None):
 
 
 def topk_request(k, dim, floats):
-    return (b"NDGK\x02" + u64(k) + u64(6) + b"cosine" + u64(dim) + u64(len(floats) // 4) + floats + u64(0))
+    return (b"NDGK\x03" + u64(k) + u64(6) + b"cosine" + u64(dim) + u64(len(floats) // 4) + floats + u64(0)
+            + u64(0))  # (no partitions)
 
 
 def reply_state(b):

@@ -593,20 +593,21 @@ def test_guarded_refit(cluster, table):
 @pytest.fixture(scope="module")
 def tenants(cluster, ref):
     """SciFact with a tenant per document and query such that no label crosses tenants (the
-    components of the label graph, dealt to 5 tenants): a plain table and one distributed by
-    tenant, and the paper split's queries with their tenant."""
+    components of the label graph, dealt to 5 tenants): a plain table, one distributed by
+    tenant and one by id, and the paper split's queries with their tenant."""
     import test_partition
     doc_t, query_t = test_partition._tenants(ref.ds)
     conn = cluster
-    for t in ("pdocs_local", "pdocs_by_tenant", "pq_train", "pq_val"):
+    for t in ("pdocs_local", "pdocs_by_tenant", "pdocs_by_id", "pq_train", "pq_val"):
         conn.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
-    for t in ("pdocs_local", "pdocs_by_tenant"):
+    for t in ("pdocs_local", "pdocs_by_tenant", "pdocs_by_id"):
         conn.execute(f"CREATE TABLE {t} (id text, tenant text NOT NULL, embedding vector({DIM}), "
                      f"nudged vector({DIM}), PRIMARY KEY (tenant, id))")
         with conn.cursor() as cur, cur.copy(f"COPY {t} (id, tenant, embedding) FROM STDIN") as cp:
             for did, row in zip(ref.ds.doc_ids, ref.ds.docs):
                 cp.write_row((did, f"t{doc_t[did]}", vec_text(row)))
     conn.execute("SELECT create_distributed_table('pdocs_by_tenant', 'tenant')")
+    conn.execute("SELECT create_distributed_table('pdocs_by_id', 'id')")
     for name in ("train", "val"):
         conn.execute(f"CREATE TABLE pq_{name} AS SELECT q.*, NULL::text AS tenant FROM q_{name} q")
         with conn.cursor() as cur:
@@ -667,3 +668,114 @@ def test_partitioned_pushdown_refuses_crossing_labels(tenants):
                      "validation_queries => 'pq_val', validation_qrels => 'r_val', partition => 'tenant')")
     assert e.value.sqlstate == "23514" and "crosses partitions" in str(e.value)
     assert table_md5(conn, "pdocs_by_tenant") == before
+
+
+PDOCS = ("pdocs_local", "pdocs_by_tenant", "pdocs_by_id")
+EVAL = ("queries", "ndcg", "recall", "capped_recall", "mrr")
+
+
+def evaluate_debug(conn, sql, args=(), notices=None):
+    """Runs `sql` with DEBUG1 messages on; returns (its first row, the messages, also kept in
+    `notices` if given)."""
+    notices = [] if notices is None else notices
+
+    def keep(d):
+        notices.append(d.message_primary)
+
+    conn.add_notice_handler(keep)
+    try:
+        conn.execute("SET client_min_messages = debug1")
+        row = conn.execute(sql, args).fetchone()
+    finally:
+        conn.execute("RESET client_min_messages")
+        conn.remove_notice_handler(keep)
+    return row, notices
+
+
+@pytest.fixture
+def tenant_decoys(tenants):
+    """Rows added to the three partitioned tables alike: for a few judged docs, copies of its
+    vector in a tenant no query has (they would rank first for its queries if partitions
+    leaked), in another query's tenant, and in its own tenant under ids just below and above
+    its own (exact score ties, ordered by id as trec_eval orders them)."""
+    conn = tenants
+    rows = conn.execute(
+        "SELECT d.id, d.tenant, d.embedding::text FROM pdocs_local d "
+        "WHERE d.id IN (SELECT doc_id FROM r_val WHERE score > 0) ORDER BY d.id LIMIT 12").fetchall()
+    other = {t for (t,) in conn.execute("SELECT DISTINCT tenant FROM pq_val")}
+    added = []
+    for did, tenant, emb in rows:
+        elsewhere = sorted(other - {tenant})[0]
+        below = did[:-1] + chr(ord(did[-1]) - 1) + "~"  # (SciFact ids are digits)
+        added += [(f"zz-nobody-{did}", "nobody", emb), (f"zz-{did}", elsewhere, emb),
+                  (below, tenant, emb), (f"{did}-", tenant, emb)]
+    for t in PDOCS:
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {t} (id, tenant, embedding) VALUES (%s, %s, %s::vector)", added)
+    yield conn
+    for t in PDOCS:
+        with conn.cursor() as cur:
+            cur.executemany(f"DELETE FROM {t} WHERE id = %s AND tenant = %s", [(i, tn) for i, tn, _ in added])
+
+
+@pytest.mark.parametrize("table", ["pdocs_by_tenant", "pdocs_by_id"])
+@pytest.mark.parametrize("k", [10, 100])
+def test_partitioned_evaluate_is_pushed_down(tenant_decoys, table, k):
+    """nudge_evaluate(partition =>) on a table distributed by the partition column or by id:
+    the k-NN runs on the workers (2 answer) and every metric equals the plain table's to
+    1e-12, decoys (rows of a tenant no query has, copies in other tenants, exact score ties)
+    included, and equals reading every row on the coordinator. Each query ranks only its own
+    tenant's rows, so (no label crossing tenants) no metric is below the unpartitioned one."""
+    conn = tenant_decoys
+    q = ("SELECT queries, ndcg, recall, capped_recall, mrr FROM nudge_evaluate(%s::regclass, 'embedding', "
+         "'pq_val', 'r_val', k => %s, partition => 'tenant')")
+    pushed, notices = evaluate_debug(conn, q, (table, k))
+    answered = [m for m in notices if m.startswith("nudge_evaluate: ")]
+    assert len(answered) == 1 and answered[0].startswith("nudge_evaluate: 2 workers answered"), notices
+    assert answered[0].endswith(f"for the shards of public.{table}")
+    single, notices = evaluate_debug(conn, q, ("pdocs_local", k))
+    assert not [m for m in notices if m.startswith("nudge_evaluate: ")], notices
+    conn.execute("SET nudge.citus_pushdown = off")
+    try:
+        pulled, notices = evaluate_debug(conn, q, (table, k))
+    finally:
+        conn.execute("RESET nudge.citus_pushdown")
+    assert not [m for m in notices if m.startswith("nudge_evaluate: ")], notices
+    for name, a, b, c in zip(EVAL, pushed, single, pulled):
+        assert a == pytest.approx(b, abs=1e-12), name
+        assert c == pytest.approx(b, abs=1e-12), name
+    unpartitioned = conn.execute(q.replace(", partition => 'tenant'", ""), (table, k)).fetchone()
+    assert pushed[0] == unpartitioned[0]
+    for name, a, u in zip(EVAL[1:], pushed[1:], unpartitioned[1:]):
+        assert a >= u - 1e-12, name
+    assert pushed[1] > unpartitioned[1]
+
+
+@pytest.mark.parametrize("table", ["pdocs_by_tenant", "pdocs_by_id"])
+def test_partitioned_evaluate_pushdown_refuses_crossing_labels(tenants, table):
+    """A label crossing tenants, found from the partition values the workers send back: 23514
+    naming the query and the doc, after the workers answered."""
+    import psycopg
+    conn = tenants
+    query = conn.execute("SELECT min(id) FROM pq_val WHERE id IN (SELECT query_id FROM r_val)").fetchone()[0]
+    other = conn.execute("SELECT d.id FROM pdocs_local d, pq_val q WHERE q.id = %s AND d.tenant <> q.tenant "
+                         "ORDER BY d.id LIMIT 1", (query,)).fetchone()[0]
+    conn.execute("DROP TABLE IF EXISTS r_cross_eval")
+    conn.execute("CREATE TEMP TABLE r_cross_eval AS SELECT * FROM r_val UNION ALL SELECT %s, %s, 1", (query, other))
+    try:
+        notices = []
+        with pytest.raises(psycopg.Error) as e:
+            evaluate_debug(conn, "SELECT * FROM nudge_evaluate(%s::regclass, 'embedding', 'pq_val', "
+                           "'r_cross_eval', partition => 'tenant')", (table,), notices)
+        assert e.value.sqlstate == "23514", e.value
+        assert any(m.startswith("nudge_evaluate: 2 workers answered") for m in notices), notices
+        msg = str(e.value)
+        assert "crosses partitions" in msg and f'query "{query}"' in msg and f'doc "{other}"' in msg, msg
+        assert f"public.{table}" in msg, msg
+        # the same label on the plain table: the same error
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT * FROM nudge_evaluate('pdocs_local', 'embedding', 'pq_val', "
+                         "'r_cross_eval', partition => 'tenant')")
+        assert e.value.sqlstate == "23514" and f'doc "{other}"' in str(e.value), e.value
+    finally:
+        conn.execute("DROP TABLE r_cross_eval")

@@ -487,8 +487,9 @@ CREATE FUNCTION chk.pass_request(spec bytea) RETURNS bytea LANGUAGE sql IMMUTABL
 $$;
 CREATE FUNCTION chk.topk_request(k numeric, dim numeric, nfloats numeric, floats bytea) RETURNS bytea
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT '\x4e44474b02'::bytea || chk.u64(k) || chk.u64(6) || convert_to('cosine', 'UTF8') || chk.u64(dim)
+  SELECT '\x4e44474b03'::bytea || chk.u64(k) || chk.u64(6) || convert_to('cosine', 'UTF8') || chk.u64(dim)
          || chk.u64(nfloats) || floats || chk.u64(0)
+         || chk.u64(0)  -- no partitions
 $$;
 
 -- A fit's status, rows written, staged rows and backups, whatever the current role may see
@@ -941,6 +942,7 @@ SELECT chk.shard($$SELECT nudge_shard_topk(ARRAY['attack.docs_102008'::regclass:
 SELECT chk.shard($$SELECT nudge_shard_topk(ARRAY['attack.docs_102008'::regclass::oid], 'id', 'embedding', chk.topk_request(3, 4, 4, '\x0000803f0000803f0000803f0000803f'))$$);
 SELECT chk.shard($$SELECT nudge_shard_topk(ARRAY['attack.docs_102008'::regclass::oid], 'id', 'embedding', chk.topk_request(3, 2, 2, '\x0000803f0000803f'))$$);
 SELECT chk.shard($$SELECT nudge_shard_topk('{}', 'id', 'embedding', '\xdeadbeef')$$);
+SELECT chk.shard($$SELECT nudge_shard_topk('{}', 'id', 'embedding', '\x4e44474b02')$$);
 SELECT chk.shard($$SELECT nudge_shard_topk('{}', 'id', 'embedding', chk.topk_request(0, 1, 1, '\x0000803f'))$$);
 SELECT chk.shard($$SELECT nudge_shard_topk('{}', 'id', 'embedding', chk.topk_request(3, 0, 0, '\x'))$$);
 SELECT chk.shard($$SELECT nudge_shard_topk('{}', 'id', 'embedding', chk.topk_request(3, 1, 18446744073709551615, '\x0000803f'))$$);
@@ -1262,6 +1264,6 @@ SELECT pg_temp.reply(nudge_shard_pass('{}', 'id', 'embedding', NULL,
          || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS dim_past_memory;
 SELECT 1 AS still_connected;
 SELECT pg_temp.reply(nudge_shard_topk('{}', 'id', 'embedding',
-         '\x4e44474b02'::bytea || pg_temp.u64(10) || pg_temp.u64(6) || convert_to('cosine', 'UTF8')
-         || pg_temp.u64(1099511627776) || pg_temp.u64(0) || pg_temp.u64(0))) AS topk_huge_dim;
+         '\x4e44474b03'::bytea || pg_temp.u64(10) || pg_temp.u64(6) || convert_to('cosine', 'UTF8')
+         || pg_temp.u64(1099511627776) || pg_temp.u64(0) || pg_temp.u64(0) || pg_temp.u64(0))) AS topk_huge_dim;
 SELECT 1 AS still_connected;

@@ -636,7 +636,11 @@ impl TopKRequest {
 /// {part:u32}*nqp`.
 fn read_topk_partitions(r: &mut Reader, nq: usize) -> Result<TopKPartitions> {
     let column = r.text()?;
-    let np = r.count("number of partitions of a pushed-down top-k", MAX_QUERIES, 8)?;
+    let np = r.count(
+        "number of partitions of a pushed-down top-k",
+        MAX_QUERIES,
+        8,
+    )?;
     let values = (0..np).map(|_| r.text()).collect::<Result<Vec<_>>>()?;
     let nqp = r.count("query partitions of a pushed-down top-k", MAX_QUERIES, 4)?;
     let query_parts = (0..nqp).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
@@ -1004,21 +1008,41 @@ mod tests {
         assert_eq!((labelled, parts), (req.labelled.clone(), Some(p)));
         // every row in partition 0 (query 1's), one row in no partition
         let rows = rng.matrix(3, 4);
-        tk.push_batch_in(&[7, 8, 9], rows.view(), Some(&[0, 0, NO_PARTITION]), &mut Hooks::noop())
-            .unwrap();
+        tk.push_batch_in(
+            &[7, 8, 9],
+            rows.view(),
+            Some(&[0, 0, NO_PARTITION]),
+            &mut Hooks::noop(),
+        )
+        .unwrap();
         let runs = tk.finish();
         assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [0, 2, 0]);
         assert!(runs[1].iter().all(|(key, _)| *key == 7 || *key == 8));
         // an unpartitioned top-k refuses row partitions; a partitioned one needs them
         let (mut tk, ..) = req.into_top_k().unwrap();
-        assert!(tk.push_batch(&[7, 8, 9], rows.view(), &mut Hooks::noop()).is_err());
+        assert!(tk
+            .push_batch(&[7, 8, 9], rows.view(), &mut Hooks::noop())
+            .is_err());
         let reply = TopKReply {
             runs,
-            labelled_parts: Some(vec![("d1".into(), Some("a".into())), ("d2".into(), None), ("d1".into(), Some("".into()))]),
+            labelled_parts: Some(vec![
+                ("d1".into(), Some("a".into())),
+                ("d2".into(), None),
+                ("d1".into(), Some("".into())),
+            ]),
         };
-        assert_eq!(TopKRequest::parse_reply(&TopKRequest::reply_bytes(&reply)).unwrap(), Ok(reply.clone()));
-        let empty = TopKReply { labelled_parts: Some(Vec::new()), ..reply };
-        assert_eq!(TopKRequest::parse_reply(&TopKRequest::reply_bytes(&empty)).unwrap(), Ok(empty));
+        assert_eq!(
+            TopKRequest::parse_reply(&TopKRequest::reply_bytes(&reply)).unwrap(),
+            Ok(reply.clone())
+        );
+        let empty = TopKReply {
+            labelled_parts: Some(Vec::new()),
+            ..reply
+        };
+        assert_eq!(
+            TopKRequest::parse_reply(&TopKRequest::reply_bytes(&empty)).unwrap(),
+            Ok(empty)
+        );
     }
 
     /// Partitions that do not fit the queries, truncations anywhere, trailing bytes, a request
@@ -1039,7 +1063,10 @@ mod tests {
         v2[4] = 2;
         match TopKRequest::from_bytes(&v2) {
             Err(NudgeError::Malformed { message, .. }) => {
-                assert!(message.contains("version 2") && message.contains("reads version 3"), "{message}")
+                assert!(
+                    message.contains("version 2") && message.contains("reads version 3"),
+                    "{message}"
+                )
             }
             r => panic!("{r:?}"),
         }
@@ -1055,14 +1082,25 @@ mod tests {
         malformed(edit(&|p| p.query_parts[0] = NO_PARTITION));
         malformed(edit(&|p| p.values.clear()));
         // the partitioned flag not 0/1
-        let flag_at = TopKRequest { partitions: None, ..req.clone() }.to_bytes().len() - 8;
+        let flag_at = TopKRequest {
+            partitions: None,
+            ..req.clone()
+        }
+        .to_bytes()
+        .len()
+            - 8;
         let mut bad = b.clone();
         bad[flag_at] = 2;
         malformed(TopKRequest::from_bytes(&bad));
         // counts of values and of query partitions: huge, or beyond the bytes present
         let col_end = flag_at + 8 + 8 + "tenant id".len();
         let parts_at = b.len() - 8 - 4 * 3;
-        for (at, v) in [(col_end, u64::MAX), (col_end, 1 << 30), (parts_at, 1 << 40), (parts_at, 4)] {
+        for (at, v) in [
+            (col_end, u64::MAX),
+            (col_end, 1 << 30),
+            (parts_at, 1 << 40),
+            (parts_at, 4),
+        ] {
             let mut bad = b.clone();
             bad[at..at + 8].copy_from_slice(&v.to_le_bytes());
             assert!(TopKRequest::from_bytes(&bad).is_err(), "{at} {v}");
@@ -1079,7 +1117,11 @@ mod tests {
         for n in 0..rb.len() {
             malformed(TopKRequest::parse_reply(&rb[..n]));
         }
-        let n_at = TopKRequest::reply_bytes(&TopKReply { labelled_parts: None, ..reply.clone() }).len();
+        let n_at = TopKRequest::reply_bytes(&TopKReply {
+            labelled_parts: None,
+            ..reply.clone()
+        })
+        .len();
         for v in [u64::MAX, 2, MAX_RECORDS as u64 + 1] {
             let mut bad = rb.clone();
             bad[n_at..n_at + 8].copy_from_slice(&v.to_le_bytes());
@@ -1168,7 +1210,10 @@ pub mod fuzzing {
                 let reply = TopKReply {
                     runs: tk.finish(),
                     labelled_parts: partitions.map(|p| {
-                        p.values.into_iter().map(|v| ("doc".to_string(), Some(v))).collect()
+                        p.values
+                            .into_iter()
+                            .map(|v| ("doc".to_string(), Some(v)))
+                            .collect()
                     }),
                 };
                 let bytes = TopKRequest::reply_bytes(&reply);

@@ -9,7 +9,8 @@
 //! ([`NudgeError::Malformed`]: 22P03, [`NudgeError::TooLarge`]: 54000).
 //!
 //! Formats (little-endian; unmarked counts and lengths u64; text is a length and UTF-8 bytes;
-//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 2):
+//! `f32s` is a count and that many f32; every message starts with 4 magic bytes and version 2,
+//! the top-k request version 3; a decoder refuses any other version, naming both):
 //!
 //! * [`Request`] (`nudge_shard_pass`): `"NDGQ" 2 len spec[len] nl {id:text key}*nl
 //!   no {id:text written:i64 original:f32s}*no writing:0|1 partitioned:0|1 [column:text]`, the spec a

@@ -191,7 +191,7 @@ impl Flat {
     pub(crate) fn arg(self, values: &[f32]) -> DatumWithOid<'static> {
         match self {
             Flat::Real => real_array(values),
-            Flat::Bytes => values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+            Flat::Bytes => le_bytes(values).into(),
         }
     }
 
@@ -199,9 +199,11 @@ impl Flat {
     pub(crate) fn row(self, e: &Ext, ord: &str, dim: &str) -> String {
         match self {
             // (a slice's lower bound is 1)
-            Flat::Real => format!("$1[({ord} - 1) * {dim} + 1 : {ord} * {dim}]"),
+            Flat::Real => format!(
+                "$1[(({ord} OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) {dim}) OPERATOR(pg_catalog.+) 1 : {ord} OPERATOR(pg_catalog.*) {dim}]"
+            ),
             Flat::Bytes => format!(
-                "{}(pg_catalog.substr($1, CAST(({ord} - 1) * {dim} * 4 + 1 AS pg_catalog.int4), {dim} * 4))",
+                "{}(pg_catalog.substr($1, CAST(((({ord} OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.*) {dim}) OPERATOR(pg_catalog.*) 4) OPERATOR(pg_catalog.+) 1 AS pg_catalog.int4), {dim} OPERATOR(pg_catalog.*) 4))",
                 catalog::func(e, "nudge_floats")
             ),
         }
@@ -219,7 +221,18 @@ fn nudge_floats(bytes: &[u8]) -> RealArray {
     if bytes.len() / 4 > MAX_ARRAY {
         raise(Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("nudge_floats: {} values exceed the maximum array size ({MAX_ARRAY})", bytes.len() / 4));
     }
-    RealArray(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    RealArray(from_le_bytes(bytes).collect())
+}
+
+/// `values` as little-endian float4 bytes (what [`nudge_floats`] reads).
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The floats of little-endian float4 bytes (what [`nudge_bytes`] writes); a partial last
+/// value is ignored (callers check the length).
+fn from_le_bytes(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// A `real[]` result built in one copy (pgrx's `Vec<f32>` appends element by element: 7 us
@@ -250,7 +263,7 @@ unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RealArray
 #[pg_extern(immutable, strict, parallel_safe)]
 fn nudge_bytes(values: Array<'_, f32>) -> Vec<u8> {
     match values.as_slice() {
-        Ok(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Ok(v) => le_bytes(v),
         Err(_) => crate::error::raise(crate::error::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "nudge_bytes: the array contains a NULL"),
     }
 }
@@ -453,8 +466,7 @@ impl Previous {
             match (kind, flat) {
                 (VecKind::Double, _) => p.double.extend(row.get::<Vec<f64>>(2)?.unwrap_or_default()),
                 (_, Flat::Bytes) => {
-                    let bytes = row.get::<Vec<u8>>(2)?.unwrap_or_default();
-                    p.real.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                    p.real.extend(from_le_bytes(&row.get::<Vec<u8>>(2)?.unwrap_or_default()));
                 }
                 (_, Flat::Real) => p.real.extend(row.get::<Vec<f32>>(2)?.unwrap_or_default()),
             }
@@ -510,7 +522,8 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
     // whole batch (Citus inlines `input` with the parameters as constants).
     let Addressing { input, matches } = addressing(e, placement, id, col, kind, since);
     let digest = catalog::func(e, "nudge_digest");
-    let vector = Flat::of(placement).row(e, "u.ord", "$4");
+    let flat = Flat::of(placement);
+    let vector = flat.row(e, "u.ord", "$4");
     let set = format!(
         "UPDATE {rel} AS t SET {col} = CAST(i.v AS {ty}) FROM input AS i WHERE {matches}",
         rel = col.rel_sql,
@@ -526,7 +539,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
                       RETURNING old.{id}::pg_catalog.text AS row_id, {original} AS original, {digest}({written}) AS written)
          SELECT upd.row_id, upd.original, upd.written FROM upd",
         id = id.ident,
-        original = returned_original(e, "old", col, kind, Flat::of(placement)),
+        original = returned_original(e, "old", col, kind, flat),
         written = backup_expr("new", col, kind).0,
     );
     #[cfg(not(feature = "pg18"))]
@@ -541,7 +554,7 @@ fn in_place_sql(e: &Ext, placement: &Placement, id: &Column, col: &Column, kind:
         id = id.ident,
         rel = col.rel_sql,
         original = backup_expr("t", col, kind).0,
-        returned = returned_original(e, "t", col, kind, Flat::of(placement)),
+        returned = returned_original(e, "t", col, kind, flat),
     );
     sql
 }
